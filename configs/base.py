@@ -1,0 +1,72 @@
+"""The one config vocabulary every experiment shares.
+
+An experiment file calls :func:`get_base_config` and changes what it needs, so
+users, scripts and configs all use the same names. Every field a user may want
+to vary lives here with its default; ``lock_config`` in the command line then
+turns a misspelt override into an error.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128                 # global, across all devices and hosts
+  c.num_train_steps = -1             # > 0 wins over num_epochs
+  c.num_epochs = 1.0
+  c.learning_rate = 1e-3
+
+  c.task = 'classification'          # classification | binary | lm | mlm
+  c.label_smoothing = 0.0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adamw'         # sgd | momentum | nesterov | adam | adamw | lamb | lion
+  c.optimizer.momentum = 0.9         # sgd-family momentum
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0     # decoupled; never applied to biases and norm scales
+  c.optimizer.grad_clip_norm = 0.0   # 0 disables global-norm clipping
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = 'cosine'         # cosine | linear | constant (the decay after warmup)
+  c.schedule.warmup_steps = 0
+  c.schedule.end_factor = 0.0        # final lr = end_factor * learning_rate
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = 'cnn'               # a name in models.REGISTRY; other fields are its hyper-parameters
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'digits'
+  c.data.dir = ml_collections.config_dict.placeholder(str)       # local files; unset means TFDS/offline
+  c.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'
+  c.data.seq_len = 128               # text: tokens per example
+  c.data.tokenizer = 'char'          # text: char | byte | word | wordpiece
+  c.data.tokenizer_path = ml_collections.config_dict.placeholder(str)  # wordpiece: tokenizer.json or a model dir
+  c.data.vocab_size = 20000          # word vocabularies: most frequent N (plus pad/unk)
+  c.data.augment = 'none'            # none | cifar (random crop with padding + horizontal flip)
+  c.data.train_limit = 0             # >0: first N training examples (smoke runs)
+  c.data.eval_limit = 0              # >0: first N eval examples
+  c.data.num_threads = 2             # grain read threads
+  c.data.prefetch = 4                # batches prefetched in the background
+
+  c.init_from = ml_collections.config_dict.placeholder(str)  # a workdir or checkpoint to take params from
+  c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # -1 fills the rest
+  c.partition_rules = ()             # ((regex on param path, (axis names...)), ...) before the default FSDP rule
+  c.parallelism = 'jit'              # jit (sharded, one step for every layout) | pmap
+  c.dtype = 'float32'                # compute dtype: float32 | bfloat16 | float16; params stay float32
+  c.grad_accum_steps = 1
+  c.remat = 'none'                   # none | full | dots (Transformer)
+
+  c.log_every_steps = 50
+  c.eval_every_steps = 0             # 0: only at the end
+  c.checkpoint_every_steps = 0       # 0: only at the end
+  c.keep_checkpoints = 3
+  c.keep_best_by = ml_collections.config_dict.placeholder(str)  # e.g. 'eval/accuracy': also keep the best
+  c.eval_batch_size = 0              # 0: same as batch_size
+  c.on_nonfinite = 'stop'            # stop | skip
+  c.plots = True
+  return c

@@ -1,0 +1,170 @@
+"""Recurrent networks: stacked (bi)directional LSTM/GRU layers, a sequence classifier and a language model.
+
+Sequences are right-padded ``[B, T]`` token ids with a ``mask`` that is True on real
+tokens; a sequence's length is ``mask.sum(-1)``. Layers take those lengths so that
+padding never reaches a real position: the forward direction only runs into padding
+after the last real token, and the backward direction starts at each sequence's true
+end (``nn.RNN(reverse=True, keep_order=True, seq_lengths=...)`` flips only the real
+prefix).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+__all__ = ['CELLS', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
+
+# The optimized LSTM cell has the same parameters as nn.LSTMCell (ii/if/ig/io, hi/hf/hg/ho)
+# but does one matmul for the four gates instead of eight small ones.
+CELLS: dict[str, type[nn.RNNCellBase]] = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell}
+
+
+def _make_cell(cell: str, features: int, dtype: Any, param_dtype: Any) -> nn.RNNCellBase:
+  if cell not in CELLS:
+    raise ValueError(f'unknown cell {cell!r}; known: {", ".join(CELLS)}')
+  # parent=None: the cell is adopted by the nn.RNN it is given to (params under
+  # '<direction>/cell'), not by the module whose compact method created it.
+  return CELLS[cell](features, dtype=dtype, param_dtype=param_dtype, parent=None)
+
+
+class RNNLayer(nn.Module):
+  """One recurrent layer over ``[B, T, D]``, forward or bidirectional.
+
+  Returns ``[B, T, hidden_size]`` (``[B, T, 2 * hidden_size]`` when bidirectional:
+  forward features first, then backward). Parameters live under ``forward/cell`` and
+  ``backward/cell``. ``seq_lengths`` (``[B]`` int) is needed only for the backward
+  direction; outputs at padded positions are not meaningful.
+  """
+  hidden_size: int
+  cell: str = 'lstm'
+  bidirectional: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, seq_lengths=None):
+    make = functools.partial(_make_cell, self.cell, self.hidden_size, self.dtype, self.param_dtype)
+    y = nn.RNN(make(), name='forward')(x)
+    if not self.bidirectional:
+      return y
+    y_back = nn.RNN(make(), reverse=True, keep_order=True, name='backward')(
+        x, seq_lengths=seq_lengths)
+    return jnp.concatenate([y, y_back], axis=-1)
+
+
+class RNNEncoder(nn.Module):
+  """``num_layers`` stacked :class:`RNNLayer` (``layer_0``, ...) with dropout between layers."""
+  hidden_size: int
+  num_layers: int = 1
+  cell: str = 'lstm'
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, seq_lengths=None, train: bool = False):
+    for i in range(self.num_layers):
+      if i > 0:
+        # Dropout on the non-recurrent connections only (Zaremba et al. 2014); the
+        # mask is drawn once for the whole sequence outside the scan.
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = RNNLayer(self.hidden_size, self.cell, self.bidirectional, self.dtype,
+                   self.param_dtype, name=f'layer_{i}')(x, seq_lengths)
+    return x
+
+
+def _lengths(tokens, mask):
+  if mask is None:
+    return jnp.full(tokens.shape[:1], tokens.shape[1], jnp.int32)
+  return mask.astype(jnp.int32).sum(-1)
+
+
+class RNNClassifier(nn.Module):
+  """Embedding -> stacked (bi)LSTM/GRU -> state at the true last token -> dense head.
+
+  ``tokens`` is ``[B, T]`` int, ``mask`` ``[B, T]`` bool (True on real tokens, padding
+  on the right; None means no padding). The sequence summary is the forward state at
+  position ``length - 1``, concatenated, when bidirectional, with the backward state at
+  position 0 (the backward RNN's state after reading the whole real sequence), so
+  appending padding or changing padded tokens leaves the logits unchanged.
+  Returns ``[B, num_classes]`` float32 logits, or ``[B]`` when ``num_classes == 1``.
+  """
+  vocab_size: int = 20000
+  num_classes: int = 2
+  embed_dim: int = 128
+  hidden_size: int = 256
+  num_layers: int = 1
+  cell: str = 'lstm'
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, mask=None, train: bool = False):
+    lengths = _lengths(tokens, mask)
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                 param_dtype=self.param_dtype)(tokens)
+    x = drop(x)
+    y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, self.bidirectional,
+                   self.dropout_rate, self.dtype, self.param_dtype, name='encoder')(x, lengths, train)
+    # Empty sequences (eval padding) read position 0 rather than wrapping to -1.
+    last = jnp.maximum(lengths - 1, 0)
+    h = jnp.take_along_axis(y, last[:, None, None], axis=1)[:, 0]
+    if self.bidirectional:
+      h = jnp.concatenate([h[:, :self.hidden_size], y[:, 0, self.hidden_size:]], axis=-1)
+    h = drop(h)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name='head')(h).astype(jnp.float32)
+    return logits[:, 0] if self.num_classes == 1 else logits
+
+
+class RNNLM(nn.Module):
+  """A char-rnn style language model: embedding -> stacked LSTM/GRU -> per-position logits.
+
+  Strictly left-to-right (so there is no ``bidirectional`` field): position t sees
+  tokens ``0..t`` only. ``mask`` is accepted for the common call signature but not
+  needed: right padding can only affect positions after it, which the loss's
+  ``weights`` drop. Returns ``[B, T, vocab_size]`` float32 logits.
+  """
+  vocab_size: int = 256
+  embed_dim: int = 128
+  hidden_size: int = 512
+  num_layers: int = 2
+  cell: str = 'lstm'
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, mask=None, train: bool = False):
+    del mask  # see the docstring
+    drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+                 param_dtype=self.param_dtype)(tokens)
+    x = drop(x)
+    y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, False, self.dropout_rate,
+                   self.dtype, self.param_dtype, name='encoder')(x, None, train)
+    y = drop(y)
+    return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name='head')(y).astype(jnp.float32)
+
+
+PRESETS = {
+    'lstm_classifier': functools.partial(RNNClassifier, cell='lstm'),
+    'gru_classifier': functools.partial(RNNClassifier, cell='gru'),
+    # Sizes of the flax examples/sst2 model: 300-d embeddings, 256 units per direction.
+    'bilstm_classifier': functools.partial(
+        RNNClassifier, cell='lstm', bidirectional=True, embed_dim=300, hidden_size=256,
+        dropout_rate=0.5),
+    # Karpathy's char-rnn on tiny-shakespeare: 3 layers of 512 units, dropout 0.5.
+    'lstm_lm': functools.partial(RNNLM, cell='lstm', num_layers=3, hidden_size=512,
+                                 dropout_rate=0.5),
+    'gru_lm': functools.partial(RNNLM, cell='gru', num_layers=3, hidden_size=512,
+                                dropout_rate=0.5),
+}

@@ -1,0 +1,222 @@
+"""RNN layers and heads against hand-run references: numpy cells, hand-flipped sequences, padding."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import models
+from models import rnn
+
+PRESETS = ['lstm_classifier', 'gru_classifier', 'bilstm_classifier', 'lstm_lm', 'gru_lm']
+SMALL = dict(vocab_size=50, embed_dim=8, hidden_size=16)
+
+
+def _tokens(rng, lengths, t, vocab=50):
+  """Right-padded ids (pad 0) and the mask for ``lengths``."""
+  mask = np.arange(t)[None, :] < np.asarray(lengths)[:, None]
+  tokens = np.where(mask, rng.integers(1, vocab, (len(lengths), t)), 0).astype(np.int32)
+  return tokens, mask
+
+
+def _n_params(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize('name', PRESETS)
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_preset_shapes_and_dtypes(name, dtype):
+  model = models.build(name, dtype=dtype)
+  tokens = jax.ShapeDtypeStruct((3, 11), jnp.int32)
+  mask = jax.ShapeDtypeStruct((3, 11), jnp.bool_)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), tokens, mask)
+  out = jax.eval_shape(functools.partial(model.apply, train=False), variables, tokens, mask)
+  expected = (3, model.num_classes) if name.endswith('classifier') else (3, 11, model.vocab_size)
+  assert out.shape == expected and out.dtype == jnp.float32
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+
+
+def test_bilstm_preset_parameter_count():
+  # Embedding + per direction 4 gates x (input kernel + recurrent kernel + one bias) + head.
+  v, e, h, c = 20000, 300, 256, 2
+  expected = v * e + 2 * 4 * (e * h + h * h + h) + 2 * h * c + c
+  model = models.build('bilstm_classifier')
+  tokens = jax.ShapeDtypeStruct((1, 4), jnp.int32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), tokens)
+  assert _n_params(variables['params']) == expected
+
+
+@pytest.mark.parametrize('name', PRESETS)
+def test_small_presets_run_in_bf16(name):
+  # One layer keeps it quick; stacking is covered by the padding and causality tests.
+  model = models.build(name, dtype=jnp.bfloat16, num_layers=1, **SMALL)
+  tokens, mask = _tokens(np.random.default_rng(0), [5, 2, 0], 6)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  out = model.apply(variables, tokens, mask, train=True, rngs={'dropout': jax.random.key(1)})
+  assert out.dtype == jnp.float32 and np.isfinite(np.asarray(out)).all()
+
+
+def test_binary_classifier_gives_one_logit_per_example():
+  model = models.build('lstm_classifier', num_classes=1, **SMALL)
+  tokens, mask = _tokens(np.random.default_rng(0), [4, 2], 5)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  assert model.apply(variables, tokens, mask).shape == (2,)
+
+
+@pytest.mark.parametrize('cell,bidirectional', [('lstm', False), ('lstm', True), ('gru', True)])
+def test_classifier_ignores_padding(cell, bidirectional):
+  model = rnn.RNNClassifier(num_layers=2, cell=cell, bidirectional=bidirectional, num_classes=3,
+                            **SMALL)
+  rng = np.random.default_rng(0)
+  lengths = [7, 3, 1, 5]
+  tokens, mask = _tokens(rng, lengths, 7)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  apply = jax.jit(model.apply)
+  ref = np.asarray(apply(variables, tokens, mask))
+
+  # More padding on the right.
+  wide_tokens = np.pad(tokens, ((0, 0), (0, 6)))
+  wide_mask = np.pad(mask, ((0, 0), (0, 6)))
+  np.testing.assert_allclose(apply(variables, wide_tokens, wide_mask), ref, rtol=1e-5, atol=1e-6)
+  # Padded positions holding arbitrary (non-pad) ids.
+  junk = np.where(wide_mask, wide_tokens, rng.integers(1, 50, wide_tokens.shape)).astype(np.int32)
+  np.testing.assert_allclose(apply(variables, junk, wide_mask), ref, rtol=1e-5, atol=1e-6)
+  # A sequence alone, unpadded and without a mask (one check: each length recompiles).
+  alone = model.apply(variables, tokens[1:2, :3])
+  np.testing.assert_allclose(alone[0], ref[1], rtol=1e-5, atol=1e-6)
+
+
+def test_empty_sequence_is_finite_with_finite_gradients():
+  model = rnn.RNNClassifier(bidirectional=True, **SMALL)
+  tokens, mask = _tokens(np.random.default_rng(0), [3, 0], 4)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  grads = jax.grad(lambda p: model.apply({'params': p}, tokens, mask).sum())(variables['params'])
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+def _one_way(cell, hidden, params, x):
+  """A fresh forward-only nn.RNN run on ``x`` with the given cell parameters."""
+  return nn.RNN(rnn.CELLS[cell](hidden)).apply({'params': {'cell': params}}, x)
+
+
+def _flip_prefixes(x, lengths):
+  """Reverses each sequence's first ``length`` steps, leaving its padding in place."""
+  out = np.array(x)
+  for b, n in enumerate(lengths):
+    out[b, :n] = out[b, :n][::-1]
+  return out
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bidirectional_layer_equals_two_one_way_layers(cell):
+  hidden, lengths = 6, [5, 2, 4]
+  x = np.random.default_rng(1).normal(size=(3, 5, 4)).astype(np.float32)
+  layer = rnn.RNNLayer(hidden, cell=cell, bidirectional=True)
+  params = layer.init(jax.random.key(0), x, jnp.array(lengths))['params']
+  y = np.asarray(layer.apply({'params': params}, x, jnp.array(lengths)))
+
+  forward = np.asarray(_one_way(cell, hidden, params['forward']['cell'], x))
+  backward = _flip_prefixes(
+      _one_way(cell, hidden, params['backward']['cell'], _flip_prefixes(x, lengths)), lengths)
+  for b, n in enumerate(lengths):
+    np.testing.assert_allclose(y[b, :n, :hidden], forward[b, :n], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y[b, :n, hidden:], backward[b, :n], rtol=1e-5, atol=1e-6)
+
+
+def test_bidirectional_classifier_reads_forward_end_and_backward_start():
+  model = rnn.RNNClassifier(bidirectional=True, num_classes=3, **SMALL)
+  hidden, lengths = SMALL['hidden_size'], [6, 2, 4]
+  tokens, mask = _tokens(np.random.default_rng(2), lengths, 6)
+  params = model.init(jax.random.key(0), tokens, mask)['params']
+  logits = model.apply({'params': params}, tokens, mask)
+
+  x = np.asarray(params['Embed_0']['embedding'])[tokens]
+  layer = params['encoder']['layer_0']
+  forward = np.asarray(_one_way('lstm', hidden, layer['forward']['cell'], x))
+  backward = _flip_prefixes(
+      _one_way('lstm', hidden, layer['backward']['cell'], _flip_prefixes(x, lengths)), lengths)
+  h = np.stack([np.concatenate([forward[b, n - 1], backward[b, 0]]) for b, n in enumerate(lengths)])
+  expected = h @ np.asarray(params['head']['kernel']) + np.asarray(params['head']['bias'])
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def _sigmoid(z):
+  return 1 / (1 + np.exp(-z))
+
+
+def _lstm_numpy(p, xs):
+  """The textbook LSTM (Hochreiter & Schmidhuber; gates i, f, g, o), one step at a time."""
+  k = lambda name: np.asarray(p[name]['kernel'], np.float64)
+  bias = lambda name: np.asarray(p[name]['bias'], np.float64)
+  h = c = np.zeros((xs.shape[0], k('hi').shape[0]))
+  out = []
+  for x in np.moveaxis(xs.astype(np.float64), 1, 0):
+    i = _sigmoid(x @ k('ii') + h @ k('hi') + bias('hi'))
+    f = _sigmoid(x @ k('if') + h @ k('hf') + bias('hf'))
+    g = np.tanh(x @ k('ig') + h @ k('hg') + bias('hg'))
+    o = _sigmoid(x @ k('io') + h @ k('ho') + bias('ho'))
+    c = f * c + i * g
+    h = o * np.tanh(c)
+    out.append(h)
+  return np.stack(out, 1)
+
+
+def _gru_numpy(p, xs):
+  """The GRU of Cho et al. as PyTorch writes it: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+  k = lambda name: np.asarray(p[name]['kernel'], np.float64)
+  bias = lambda name: np.asarray(p[name]['bias'], np.float64)
+  h = np.zeros((xs.shape[0], k('hr').shape[0]))
+  out = []
+  for x in np.moveaxis(xs.astype(np.float64), 1, 0):
+    r = _sigmoid(x @ k('ir') + bias('ir') + h @ k('hr'))
+    z = _sigmoid(x @ k('iz') + bias('iz') + h @ k('hz'))
+    n = np.tanh(x @ k('in') + bias('in') + r * (h @ k('hn') + bias('hn')))
+    h = (1 - z) * n + z * h
+    out.append(h)
+  return np.stack(out, 1)
+
+
+@pytest.mark.parametrize('cell,reference', [('lstm', _lstm_numpy), ('gru', _gru_numpy)])
+def test_cell_matches_numpy(cell, reference):
+  xs = np.random.default_rng(3).normal(size=(2, 6, 5)).astype(np.float32)
+  layer = rnn.RNNLayer(7, cell=cell)
+  params = layer.init(jax.random.key(0), xs)['params']
+  # Non-zero biases so every bias term is exercised.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, v: v + 0.3 if path[-1].key == 'bias' else v, params)
+  y = layer.apply({'params': params}, xs)
+  np.testing.assert_allclose(y, reference(params['forward']['cell'], xs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_language_model_is_causal(cell):
+  model = rnn.RNNLM(cell=cell, num_layers=2, **SMALL)
+  tokens, _ = _tokens(np.random.default_rng(4), [8, 8], 8)
+  variables = model.init(jax.random.key(0), tokens)
+  apply = jax.jit(model.apply)
+  ref = np.asarray(apply(variables, tokens))
+  assert ref.shape == (2, 8, SMALL['vocab_size'])
+  changed = tokens.copy()
+  changed[:, 5] = (changed[:, 5] % 49) + 1  # a different non-pad id
+  out = np.asarray(apply(variables, changed))
+  np.testing.assert_array_equal(out[:, :5], ref[:, :5])
+  assert np.abs(out[:, 5:] - ref[:, 5:]).max(axis=-1).min() > 0
+
+
+def test_dropout_only_in_train_mode():
+  model = models.build('lstm_lm', num_layers=2, **SMALL)
+  tokens, _ = _tokens(np.random.default_rng(5), [6, 6], 6)
+  variables = model.init(jax.random.key(0), tokens)
+  apply = jax.jit(model.apply, static_argnames='train')
+  eval_out = apply(variables, tokens)
+  np.testing.assert_array_equal(eval_out, apply(variables, tokens, train=False))
+  train_a = apply(variables, tokens, train=True, rngs={'dropout': jax.random.key(1)})
+  train_b = apply(variables, tokens, train=True, rngs={'dropout': jax.random.key(2)})
+  assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
+
+
+def test_unknown_cell_is_an_error():
+  with pytest.raises(ValueError, match='unknown cell'):
+    rnn.RNNLM(cell='rnn', **SMALL).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
