@@ -70,3 +70,48 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.on_nonfinite = 'stop'            # stop | skip
   c.plots = True
   return c
+
+
+def parse_arg(arg: str | None, allowed: tuple[str, ...] = ('tiny', 'val')) -> set[str]:
+  """``get_config`` arguments as a set: ``'tiny'``, ``'val'`` or ``'tiny,val'``."""
+  words = {w for w in (arg or '').split(',') if w}
+  unknown = words - set(allowed)
+  if unknown:
+    raise ValueError(f'unknown config argument {",".join(sorted(unknown))!r}; '
+                     f'use any of {", ".join(allowed)} (comma-separated) or nothing')
+  return words
+
+
+def local_data_dir(name: str):
+  """``$JAXLAB_DATA/name`` when that folder exists (e.g. JAXLAB_DATA=../shared/data), else unset.
+
+  Configs never need the folder: unset ``data.dir`` means TFDS, and
+  ``--config.data.dir=PATH`` always wins.
+  """
+  import os
+  root = os.environ.get('JAXLAB_DATA')
+  if root and os.path.isdir(os.path.join(root, name)):
+    return os.path.abspath(os.path.join(root, name))
+  return ml_collections.config_dict.placeholder(str)
+
+
+def hold_out_validation(c, fraction: int = 10) -> None:
+  """``:val``: train on the first (100-fraction)% of train and evaluate on the rest.
+
+  Choices are made on this split; the test/dev number is then reported once.
+  """
+  c.data.train_split = f'train[:{100 - fraction}%]'
+  c.data.eval_split = f'train[{100 - fraction}%:]'
+
+
+def make_tiny(c, steps: int = 4, train_limit: int = 256, eval_limit: int = 64) -> None:
+  """``:tiny``: a seconds-long smoke run of the same config (what the test suite runs)."""
+  c.num_epochs = -1
+  c.num_train_steps = steps
+  c.batch_size = min(c.batch_size, 16)
+  c.data.train_limit, c.data.eval_limit = train_limit, eval_limit
+  c.log_every_steps = 2
+  c.eval_every_steps = 0
+  c.checkpoint_every_steps = 0
+  c.schedule.warmup_steps = min(c.schedule.warmup_steps, 1)
+  c.plots = False

@@ -1,0 +1,57 @@
+"""Small helpers shared by the tests: run the trainer in-process or as a command."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str, arg: str | None = None, **overrides):
+  """``configs/NAME.py`` -> ConfigDict, with dotted overrides (``**{'data.dir': ...}``)."""
+  spec = importlib.util.spec_from_file_location('cfg', os.path.join(REPO, path))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config(arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def run_cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, '-m', 'train', *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def latest_state(workdir: str, config):
+  """Restores the latest checkpoint of ``workdir`` as numpy arrays (params, opt_state...)."""
+  from train import checkpoint as ckpt_lib
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
+  step = ckpt.latest_step()
+  meta = ckpt.manager.item_metadata(step)['state']
+  tree = meta.tree if hasattr(meta, 'tree') else meta
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), tree)
+  import orbax.checkpoint as ocp
+  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+  ckpt.close()
+  return step, jax.tree_util.tree_map(np.asarray, restored['state'])
+
+
+def assert_trees_equal(a, b):
+  la, ta = jax.tree_util.tree_flatten(a)
+  lb, tb = jax.tree_util.tree_flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -1,0 +1,110 @@
+"""``python -m train --config configs/NAME.py[:ARG] --workdir DIR [--config.key=value ...]``
+
+Exit status: 0 done (or stopped at ``--stop_at_step``); 2 bad command line, config
+or data (one line on stderr, nothing started); 3 interrupted by SIGTERM/SIGINT
+after saving a checkpoint (run the same command again to continue); 4 stopped
+on a non-finite loss or gradient (the last good checkpoint is kept); 1 anything
+unexpected (with its traceback).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_NONFINITE = 0, 1, 2, 3, 4
+
+
+def _fail(message: str, status: int = EXIT_USAGE):
+  message = ' '.join(l.strip() for l in str(message).splitlines() if l.strip())
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(status)
+
+
+def _define_flags():
+  from absl import flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/default.py:tiny.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots.')
+  flags.DEFINE_integer('stop_at_step', None, 'Save and exit after this step (resume later).')
+  flags.DEFINE_enum('on_config_change', 'refuse', ['refuse', 'resume', 'fresh'],
+                    'When WORKDIR holds a run with a different config: refuse; resume its '
+                    'checkpoints under the new config; or move the old run aside and start fresh.')
+  return flags.FLAGS
+
+
+def parse(argv):
+  """Parses flags; any problem is one line and exit status 2."""
+  from absl import flags
+  FLAGS = _define_flags()
+  try:
+    FLAGS(argv)
+    config = FLAGS.config
+    if config is not None:
+      config.keys()  # a missing or broken file surfaces lazily, on first attribute access
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (FileNotFoundError, OSError) as e:  # the last line names the file and the cause
+    _fail(f'config file: {[l.strip() for l in str(e).splitlines() if l.strip()][-1]}')
+  except Exception as e:  # errors raised while loading the config file or an override
+    _fail(f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
+  if config is None:
+    _fail('--config is required, e.g. --config configs/default.py')
+  if not FLAGS.workdir:
+    _fail('--workdir is required')
+  return FLAGS
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  FLAGS = parse(argv)
+  logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('absl', 'jax._src', 'orbax', 'grain'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+  from train import runtime
+  runtime.maybe_initialize_distributed()
+  runtime.enable_compilation_cache()
+
+  from train import trainer, validate, workdir as workdir_lib
+  from train.data.base import DataError
+  config, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
+  try:
+    validate.check_config(config)
+    workdir_lib.prepare(workdir, config, FLAGS.on_config_change)
+  except (validate.ConfigError, workdir_lib.WorkdirError) as e:
+    _fail(str(e))
+
+  stop = {'signal': None}
+
+  def on_signal(signum, frame):
+    if stop['signal'] is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    stop['signal'] = signum
+    logging.warning('received %s: finishing this step and saving a checkpoint',
+                    signal.Signals(signum).name)
+  signal.signal(signal.SIGTERM, on_signal)
+  signal.signal(signal.SIGINT, on_signal)
+
+  control = trainer.RunControl(stop_at_step=FLAGS.stop_at_step,
+                               should_stop=lambda: stop['signal'] is not None)
+  try:
+    result = trainer.train_and_evaluate(config, workdir, control)
+  except (DataError, FileNotFoundError, validate.ConfigError) as e:
+    _fail(str(e).splitlines()[0])
+  except trainer.NonFiniteError as e:
+    _fail(str(e), EXIT_NONFINITE)
+  if stop['signal'] is not None and result.get('stopped_early'):
+    logging.warning('stopped at step %d by %s; run the same command to continue',
+                    result['step'], signal.Signals(stop['signal']).name)
+    return EXIT_INTERRUPTED
+  summary = ' '.join(f'{k}={v:.4f}' for k, v in result.items() if isinstance(v, float))
+  logging.info('done at step %d: %s', result['step'], summary)
+  return EXIT_OK
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,139 @@
+"""Orbax checkpoints: the train state and the data-iterator state, saved together.
+
+``CheckpointManager`` writes each step to a temporary directory and renames it
+only when complete, so a crash mid-save never leaves a checkpoint that a restart
+would load. Saves are asynchronous: training goes on while the arrays are written.
+Restoring takes an abstract state with shardings, so a checkpoint saved on one
+mesh restores onto another.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from train import sharding as sharding_lib
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_DIR = 'checkpoints_best'
+
+
+class Checkpointer:
+  """Saves every N steps and at the end, keeps the last K and optionally the best one."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
+               best_mode: str = 'max', async_save: bool = True):
+    def options(**kw):
+      return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save, **kw)
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), item_names=('state', 'data'),
+        options=options(max_to_keep=keep))
+    self.best_metric = best_metric
+    self.best = None
+    if best_metric:
+      self.best = ocp.CheckpointManager(
+          os.path.abspath(os.path.join(workdir, BEST_DIR)), item_names=('state', 'data'),
+          options=options(max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
+                          keep_checkpoints_without_metrics=False))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              data=ocp.args.JsonSave(data_state or {}))
+    self.manager.save(step, args=args, force=True)
+    if self.best is not None and metrics and self.best_metric in metrics:
+      self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
+
+  def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored['state'], dict(restored['data'] or {})
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+    if self.best is not None:
+      self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+    if self.best is not None:
+      self.best.close()
+
+
+def abstract_with_shardings(abstract_tree, shardings):
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings)
+
+
+def load_params(path: str) -> dict:
+  """Parameters from another run: a workdir, its ``checkpoints/`` folder, one step folder,
+  a safetensors file of ours, or a Hugging Face BERT-family folder. Returns numpy arrays."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'init_from: {path} does not exist')
+  if path.endswith('.safetensors'):
+    from models import safetensors_io
+    return safetensors_io.load_params(path)
+  from models import pretrained
+  if pretrained.is_hf_checkpoint(path):
+    return pretrained.load_pretrained_params(path)
+  step_dir = _find_step_dir(path)
+  state_dir = os.path.join(step_dir, 'state')
+  meta = ocp.StandardCheckpointer().metadata(state_dir)
+  tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
+  params_meta = tree['params']
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), params_meta)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={'params': abstract}, partial_restore=True,
+        restore_args={'params': jax.tree_util.tree_map(
+            lambda a: ocp.ArrayRestoreArgs(sharding=cpu), abstract)}))
+  return jax.tree_util.tree_map(np.asarray, restored['params'])
+
+
+def _find_step_dir(path: str) -> str:
+  if os.path.isdir(os.path.join(path, 'state')):
+    return path
+  for root in (os.path.join(path, CHECKPOINT_DIR), path):
+    if os.path.isdir(root):
+      steps = [int(d) for d in os.listdir(root) if d.isdigit()]
+      if steps:
+        return os.path.join(root, str(max(steps)))
+  raise FileNotFoundError(f'init_from: no checkpoint found under {path}')
+
+
+def overlay_params(target, source, log=logging.info):
+  """Copies ``source`` arrays into ``target`` where paths and shapes match.
+
+  The fine-tuning case: a pretrained encoder fills a freshly initialised
+  classifier, whose new head keeps its initialisation. Returns the new tree and
+  the number of arrays loaded; logs what was skipped.
+  """
+  flat_src = {sharding_lib.path_str(p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(source)[0]}
+  loaded, skipped = [], []
+
+  def leaf(path, t):
+    key = sharding_lib.path_str(path)
+    s = flat_src.get(key)
+    if s is not None and tuple(s.shape) == tuple(t.shape):
+      loaded.append(key)
+      return jax.device_put(np.asarray(s, dtype=t.dtype), t.sharding)
+    skipped.append(key)
+    return t
+  out = jax.tree_util.tree_map_with_path(leaf, target)
+  if not loaded:
+    raise ValueError('init_from: no parameter of the checkpoint matches this model '
+                     '(names or shapes differ)')
+  unused = sorted(set(flat_src) - set(loaded))
+  log(f'init_from: loaded {len(loaded)} arrays; kept fresh {len(skipped)} {skipped[:8]}; '
+      f'unused {len(unused)} {unused[:8]}')
+  return out, len(loaded)

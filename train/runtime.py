@@ -1,0 +1,43 @@
+"""Process-level set-up: multi-host initialisation and the persistent compilation cache."""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+# Environment variables that mean "this process is one of several".
+_CLUSTER_ENV = ('JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_JOB_ID',
+                'TPU_WORKER_HOSTNAMES', 'MEGASCALE_COORDINATOR_ADDRESS')
+
+
+def maybe_initialize_distributed() -> None:
+  """``jax.distributed.initialize()`` on a TPU pod slice, SLURM or a coordinator env.
+
+  JAX's own cluster detection fills in the coordinator, process count and id from
+  the environment; a single process with none of these set is left alone. Set
+  ``JAXLAB_DISTRIBUTED=0`` to opt out (e.g. one process inside a SLURM job).
+  """
+  if os.environ.get('JAXLAB_DISTRIBUTED') == '0':
+    return
+  if os.environ.get('JAXLAB_DISTRIBUTED') == '1' or any(k in os.environ for k in _CLUSTER_ENV):
+    if os.environ.get('JAX_PLATFORMS', '').startswith('cpu'):
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    kwargs = {}
+    if 'JAX_COORDINATOR_ADDRESS' in os.environ:
+      kwargs = dict(coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],
+                    num_processes=int(os.environ['JAX_NUM_PROCESSES']),
+                    process_id=int(os.environ['JAX_PROCESS_ID']))
+    jax.distributed.initialize(**kwargs)
+    logging.info('process %d of %d, %d local / %d global devices', jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def enable_compilation_cache(path: str | None = None) -> str:
+  """A persistent XLA cache so a restart does not pay the compile again."""
+  path = path or os.environ.get('JAXLAB_COMPILATION_CACHE') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'jaxlab', 'xla')
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  return path

@@ -1,0 +1,46 @@
+"""The train state: one pytree with everything a step changes and a checkpoint keeps."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Parameters, mutable model collections (BatchNorm statistics), optimizer state, step.
+
+  ``nonfinite_steps`` counts steps whose loss or gradients were not finite (their
+  update is never applied); ``first_nonfinite_step`` is the first such step, or -1.
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any          # e.g. {'batch_stats': ...}; {} for models without mutable collections
+  opt_state: Any
+  nonfinite_steps: jax.Array
+  first_nonfinite_step: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  def apply_gradients(self, grads, model_state) -> 'TrainState':
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state, model_state=model_state)
+
+
+def init_variables(model, example_batch: dict, rng: jax.Array) -> dict:
+  """Model variables from one example batch (shapes only matter)."""
+  kwargs = {'mask': example_batch['mask']} if 'mask' in example_batch else {}
+  return model.init({'params': rng, 'dropout': rng}, example_batch['inputs'], train=False, **kwargs)
+
+
+def make_init_fn(model, tx, example_batch: dict) -> Callable[[jax.Array], TrainState]:
+  """``rng -> TrainState``: pure, so it can be ``eval_shape``d and jitted with out_shardings."""
+  def init(rng):
+    variables = dict(init_variables(model, example_batch, rng))
+    params = variables.pop('params')
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32), tx=tx)
+  return init

@@ -1,0 +1,112 @@
+"""Pure step functions: ``train_step(state, batch, rng) -> (state, metrics)`` and ``eval_step``.
+
+No I/O and no host syncs here; the loop jits them with shardings (or pmaps them),
+so the same code serves one device, a sharded mesh and many hosts.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from train.state import TrainState
+
+MODEL_KWARGS = ('mask',)  # batch keys passed to the model besides ``inputs``
+
+
+def model_kwargs(batch) -> dict:
+  return {k: batch[k] for k in MODEL_KWARGS if k in batch}
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
+                    grad_accum_steps: int = 1, axis_name: str | None = None,
+                    schedule: Callable | None = None):
+  """Builds the train step.
+
+  ``grad_accum_steps=k`` splits the batch into k micro-batches and sums their
+  gradients in a scan, which equals one step on the whole batch (losses are
+  weighted by each micro-batch's example count). ``axis_name`` is set on the pmap
+  path, where gradients and metrics are averaged over replicas with ``pmean``.
+  ``schedule`` (step -> learning rate) only adds the rate to the metrics, so the
+  loop never runs a separate device computation to log it.
+  """
+  def loss_fn(params, model_state, batch, rng):
+    variables = {'params': params, **model_state}
+    logits, new_model_state = model.apply(
+        variables, batch['inputs'], train=True, rngs={'dropout': rng},
+        mutable=list(model_state), **model_kwargs(batch))
+    loss, sums = task_fn(logits, batch, label_smoothing)
+    weight = sums['loss'][1]
+    # Sum (not mean) over examples so micro-batches and replicas combine exactly.
+    return loss * weight, (new_model_state, sums)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    if grad_accum_steps == 1:
+      (loss_sum, (model_state, sums)), grads = grad_fn(state.params, state.model_state, batch, rng)
+    else:
+      micro = jax.tree_util.tree_map(
+          lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
+
+      def body(carry, xs):
+        grads_acc, loss_acc, sums_acc, model_state = carry
+        mb, i = xs
+        (loss_sum, (model_state, sums)), grads = grad_fn(
+            state.params, model_state, mb, jax.random.fold_in(rng, i))
+        grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, grads)
+        sums_acc = jax.tree_util.tree_map(jnp.add, sums_acc, sums)
+        return (grads_acc, loss_acc + loss_sum, sums_acc, model_state), None
+
+      zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+      sums0 = jax.eval_shape(lambda: grad_fn(state.params, state.model_state,
+                                             jax.tree_util.tree_map(lambda x: x[0], micro), rng)[0][1][1])
+      sums0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
+      (grads, loss_sum, sums, model_state), _ = jax.lax.scan(
+          body, (zeros, jnp.zeros(()), sums0, state.model_state),
+          (micro, jnp.arange(grad_accum_steps)))
+    if axis_name is not None:
+      grads, sums, loss_sum = jax.lax.psum((grads, sums, loss_sum), axis_name)
+      model_state = jax.lax.pmean(model_state, axis_name)
+    n = jnp.maximum(sums['loss'][1], 1.0)
+    grads = jax.tree_util.tree_map(lambda g: g / n, grads)
+    loss = loss_sum / n
+
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    new_state = state.apply_gradients(grads, model_state)
+    # A non-finite step is never applied: the state stays the last good one, the
+    # step counter still advances (so data and rng stay aligned), and it is counted.
+    new_state = jax.tree_util.tree_map(
+        lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=new_state.step))
+    new_state = new_state.replace(
+        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite,
+                                       state.step, state.first_nonfinite_step))
+    metrics = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in sums.items()}
+    metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
+    metrics['nonfinite'] = (~finite).astype(jnp.float32)
+    if schedule is not None:
+      metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model, task_fn: Callable, axis_name: str | None = None):
+  """``eval_step(state, batch) -> {name: (sum, weight)}``; padded examples have weight 0."""
+  def eval_step(state: TrainState, batch):
+    variables = {'params': state.params, **state.model_state}
+    logits = model.apply(variables, batch['inputs'], train=False, **model_kwargs(batch))
+    _, sums = task_fn(logits, batch)
+    if axis_name is not None:
+      sums = jax.lax.psum(sums, axis_name)
+    return sums
+  return eval_step

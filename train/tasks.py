@@ -1,0 +1,89 @@
+"""Tasks: the loss and metrics for a kind of problem, independent of the model.
+
+A task turns model outputs and a batch into a scalar training loss and metric
+*sums with weights*, so evaluation can add batches up exactly and report means
+over precisely the examples it saw (padded eval examples carry weight 0).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# name -> (sum, weight); the metric value is sum / weight.
+Sums = dict[str, tuple[jax.Array, jax.Array]]
+
+
+def _example_weights(batch, shape) -> jax.Array:
+  """1 for real examples, 0 for eval padding (``valid``), broadcast to ``shape``."""
+  valid = batch.get('valid')
+  w = jnp.ones(shape[:1], jnp.float32) if valid is None else valid.astype(jnp.float32)
+  return w.reshape(w.shape + (1,) * (len(shape) - 1)) * jnp.ones(shape, jnp.float32)
+
+
+def classification(logits, batch, label_smoothing: float = 0.0) -> tuple[jax.Array, Sums]:
+  labels = batch['label']
+  num_classes = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+  loss = optax.softmax_cross_entropy(logits, targets)
+  w = _example_weights(batch, loss.shape)
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  n = w.sum()
+  return (loss * w).sum() / jnp.maximum(n, 1), {
+      'loss': ((loss * w).sum(), n), 'accuracy': ((correct * w).sum(), n)}
+
+
+def binary(logits, batch, label_smoothing: float = 0.0) -> tuple[jax.Array, Sums]:
+  """One logit per example; the label is 0 or 1 (sigmoid cross-entropy)."""
+  labels = batch['label'].astype(jnp.float32)
+  targets = labels * (1 - label_smoothing) + 0.5 * label_smoothing
+  loss = optax.sigmoid_binary_cross_entropy(logits, targets)
+  w = _example_weights(batch, loss.shape)
+  correct = ((logits > 0).astype(jnp.float32) == labels).astype(jnp.float32)
+  n = w.sum()
+  return (loss * w).sum() / jnp.maximum(n, 1), {
+      'loss': ((loss * w).sum(), n), 'accuracy': ((correct * w).sum(), n)}
+
+
+def language_model(logits, batch, label_smoothing: float = 0.0) -> tuple[jax.Array, Sums]:
+  """Per-token cross-entropy on ``targets``; ``weights`` masks padding (and picks MLM positions)."""
+  targets = batch['targets']
+  onehot = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+  loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+  w = _example_weights(batch, loss.shape)
+  if 'weights' in batch:
+    w = w * batch['weights'].astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  n = w.sum()
+  return (loss * w).sum() / jnp.maximum(n, 1), {
+      'loss': ((loss * w).sum(), n), 'accuracy': ((correct * w).sum(), n)}
+
+
+TASKS: dict[str, Callable] = {
+    'classification': classification,
+    'binary': binary,
+    'lm': language_model,
+    'mlm': language_model,  # same loss; the data's ``weights`` select the masked positions
+}
+
+
+def get(name: str) -> Callable:
+  if name not in TASKS:
+    raise ValueError(f'unknown task {name!r}; known: {", ".join(TASKS)}')
+  return TASKS[name]
+
+
+def finalize(sums: dict) -> dict[str, float]:
+  """Turns accumulated ``(sum, weight)`` pairs into means (and perplexity for LM losses)."""
+  out = {k: float(s) / max(float(w), 1e-12) for k, (s, w) in sums.items()}
+  return out
+
+
+def add_perplexity(metrics: dict[str, float], task: str, prefix: str) -> dict[str, float]:
+  if task in ('lm', 'mlm') and f'{prefix}loss' in metrics:
+    metrics[f'{prefix}perplexity'] = math.exp(min(metrics[f"{prefix}loss"], 50.0))
+  return metrics

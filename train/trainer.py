@@ -1,0 +1,243 @@
+"""``train_and_evaluate(config, workdir)``: the training loop, top to bottom.
+
+config -> data -> model -> mesh -> state (restored or initialised) -> compiled
+steps -> loop (log, eval, checkpoint) -> final eval, checkpoint and plots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import models
+from train import checkpoint as ckpt_lib
+from train import metrics as metrics_lib
+from train import optim, steps, tasks
+from train import sharding as sharding_lib
+from train.data import pipeline, sources
+from train.state import make_init_fn
+
+
+class NonFiniteError(RuntimeError):
+  """Training met a non-finite loss or gradient under ``on_nonfinite='stop'``."""
+
+
+@dataclasses.dataclass
+class RunControl:
+  """Per-invocation controls that do not change results (not part of the config)."""
+  stop_at_step: int | None = None     # save and exit after this step, as a preemption would
+  should_stop: Any = None             # callable -> bool, polled each step (signal handlers)
+
+
+def build_model(config, info):
+  """The registered model named by ``config.model``, sized from the dataset info."""
+  hp = config.model.to_dict()
+  name = hp.pop('name')
+  fields = models.field_names(name)
+  if 'num_classes' in fields and 'num_classes' not in hp and info.num_classes:
+    hp['num_classes'] = 1 if config.task == 'binary' else info.num_classes
+  if 'vocab_size' in fields and 'vocab_size' not in hp and info.vocab_size:
+    hp['vocab_size'] = info.vocab_size
+  if 'dtype' in fields:
+    hp['dtype'] = jnp.dtype(config.dtype)
+  if 'remat' in fields and config.remat != 'none':
+    hp['remat'] = config.remat
+  return models.build(name, **hp)
+
+
+def total_train_steps(config, num_train_examples: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return max(1, int(math.ceil(config.num_epochs * num_train_examples / config.batch_size)))
+
+
+def train_and_evaluate(config, workdir: str, control: RunControl | None = None) -> dict[str, float]:
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+  control = control or RunControl()
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  # Data.
+  splits = sources.load_splits(config.data)
+  info = splits.info
+  mesh = sharding_lib.make_mesh(config.mesh)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  augment = None
+  if config.data.augment != 'none':
+    from train.data.augment import AUGMENTATIONS
+    augment = AUGMENTATIONS[config.data.augment]
+  train_ds = pipeline.train_dataset(
+      splits.train, global_batch_size=config.batch_size, seed=config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), augment=augment)
+
+  if is_main:
+    save_config(config, workdir)
+    save_vocab(info, workdir)
+
+  # Model, optimizer, task.
+  model = build_model(config, info)
+  num_steps = total_train_steps(config, len(splits.train))
+  tx, schedule = optim.create_optimizer(config, num_steps)
+  task_fn = tasks.get(config.task)
+
+  # State: restored from this workdir, else initialised (sharded from the start).
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  example = {k: v[:1] for k, v in train_ds[0].items()}
+  init_fn = make_init_fn(model, tx, example)
+  abstract_state = jax.eval_shape(init_fn, init_rng)
+  state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                       best_metric=config.keep_best_by)
+  start_step = checkpointer.latest_step()
+  data_state = None
+  if start_step is not None:
+    state, data_state = checkpointer.restore(
+        start_step, ckpt_lib.abstract_with_shardings(abstract_state, state_shardings))
+    logging.info('resumed from %s at step %d', workdir, start_step)
+  else:
+    start_step = 0
+    state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
+    if config.init_from:
+      params, _ = ckpt_lib.overlay_params(state.params, ckpt_lib.load_params(config.init_from))
+      state = state.replace(params=params)
+  logging.info('model %s: %s parameters', config.model.name,
+               f'{sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,}')
+
+  # Steps, compiled ahead of step 1 so the memory report comes before training.
+  train_step = jax.jit(
+      steps.make_train_step(model, task_fn, label_smoothing=config.label_smoothing,
+                            grad_accum_steps=config.grad_accum_steps, schedule=schedule),
+      in_shardings=(state_shardings, batch_sharding, sharding_lib.replicated(mesh)),
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+  eval_step = jax.jit(steps.make_eval_step(model, task_fn),
+                      in_shardings=(state_shardings, batch_sharding))
+  abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
+                                            sharding=batch_sharding)
+                    for k, v in train_ds[0].items()}
+  t0 = time.perf_counter()
+  compiled = train_step.lower(state, abstract_batch, step_rng).compile()
+  logging.info('train step compiled in %.1fs; %s', time.perf_counter() - t0,
+               memory_report(compiled))
+
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  progress = metrics_lib.Progress(num_steps, start_step, config.batch_size, enabled=is_main)
+  iterator = pipeline.train_iterator(train_ds, num_threads=config.data.num_threads,
+                                     prefetch=config.data.prefetch, state=data_state)
+  batches = pipeline.DevicePrefetcher(
+      iterator, lambda b: sharding_lib.shard_batch(b, batch_sharding))
+
+  # XLA:CPU runs each device of a multi-device program on a shared thread pool; two
+  # such programs in flight at once can starve each other's collectives (a
+  # rendezvous timeout). On CPU meshes the loop therefore keeps one step in flight.
+  sync_each_step = mesh.devices.size > 1 and jax.default_backend() == 'cpu'
+
+  def evaluate(state) -> dict[str, float]:
+    # Rounded up to a multiple of the batch shards; the extra rows are masked padding.
+    shards = mesh.shape['data'] * mesh.shape['fsdp']
+    eval_bs = -(-(config.eval_batch_size or config.batch_size) // shards) * shards
+    total, count = None, 0
+    for local in pipeline.eval_batches(splits.eval, global_batch_size=eval_bs,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count()):
+      # Sums come back to the host per batch (float64 there), so no extra device op.
+      sums = jax.device_get(eval_step(state, sharding_lib.shard_batch(local, batch_sharding)))
+      sums = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), sums)
+      total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
+      count += int(local['valid'].sum())
+    out = {f'eval/{k}': v for k, v in tasks.finalize(total).items()}
+    out['eval/num_examples'] = count * jax.process_count()
+    return tasks.add_perplexity(out, config.task, 'eval/')
+
+  def check_finite(state, step):
+    if config.on_nonfinite == 'stop' and int(state.nonfinite_steps) > 0:
+      raise NonFiniteError(
+          f'non-finite loss or gradients at step {int(state.first_nonfinite_step) + 1}; '
+          f'the last good checkpoint is kept (set on_nonfinite=skip to skip such steps)')
+
+  pending: list[dict] = []
+  step = start_step
+  data_state = iterator.get_state()
+  eval_metrics: dict[str, float] = {}
+  stopped_early = False
+  try:
+    while step < num_steps:
+      batch, data_state = next(batches)
+      state, m = compiled(state, batch, step_rng)
+      if sync_each_step:
+        jax.block_until_ready(m)
+      pending.append(m)
+      step += 1
+      last = step == num_steps
+      if step % config.log_every_steps == 0 or last:
+        host = jax.device_get(pending)
+        pending = []
+        logged = {f'train/{k}': float(np.mean([h[k] for h in host])) for k in host[0]}
+        logged['train/learning_rate'] = float(host[-1]['learning_rate'])
+        logged.update(progress.update(step, logged))
+        writer.write(step, logged)
+        check_finite(state, step)
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and not last:
+        eval_metrics = evaluate(state)
+        writer.write(step, eval_metrics)
+      if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last:
+        check_finite(state, step)
+        checkpointer.save(step, state, data_state, eval_metrics)
+      if (control.stop_at_step is not None and step >= control.stop_at_step) or (
+          control.should_stop is not None and control.should_stop()):
+        stopped_early = not last
+        break
+
+    check_finite(state, step)
+    if not stopped_early:
+      eval_metrics = evaluate(state)
+      writer.write(step, eval_metrics)
+    if checkpointer.latest_step() != step:
+      checkpointer.save(step, state, data_state, eval_metrics)
+    checkpointer.wait()
+  finally:
+    progress.close()
+    writer.close()
+    checkpointer.close()
+  if is_main and config.plots and not stopped_early:
+    metrics_lib.plot_curves(workdir)
+  return {'step': step, 'stopped_early': stopped_early, **eval_metrics}
+
+
+def memory_report(compiled) -> str:
+  """Bytes the compiled step needs per device, from XLA's memory analysis."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # not every backend implements it
+    return 'memory analysis unavailable'
+  if m is None:
+    return 'memory analysis unavailable'
+  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
+            'generated_code_size_in_bytes')
+  parts = {f.replace('_size_in_bytes', ''): getattr(m, f, 0) for f in fields}
+  peak = parts['argument'] + parts['output'] + parts['temp']
+  return 'memory per device: ' + ', '.join(f'{k} {v / 2**20:.1f} MiB' for k, v in parts.items()) + \
+      f', peak ~{peak / 2**20:.1f} MiB'
+
+
+def save_config(config, workdir: str) -> None:
+  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+    f.write(json.dumps(json.loads(config.to_json_best_effort()), indent=2, sort_keys=True) + '\n')
+
+
+def save_vocab(info, workdir: str) -> None:
+  """The token vocabulary beside the checkpoints, so sampling needs no data files."""
+  extra = {k: info.extra[k] for k in ('tokenizer', 'vocab', 'tokenizer_path') if k in info.extra}
+  if not extra:
+    return
+  extra.update(vocab_size=info.vocab_size, num_classes=info.num_classes)
+  with open(os.path.join(workdir, 'vocab.json'), 'w', encoding='utf-8') as f:
+    json.dump(extra, f, ensure_ascii=False)

@@ -1,0 +1,78 @@
+"""Checks a config before anything is compiled; each problem is one line."""
+from __future__ import annotations
+
+import jax
+
+import models
+from train import optim, sharding, tasks
+from train.data import sources
+
+DTYPES = ('float32', 'bfloat16', 'float16')
+REMAT = ('none', 'full', 'dots')
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def _need(cond: bool, message: str) -> None:
+  if not cond:
+    raise ConfigError(message)
+
+
+def check_config(config) -> None:
+  c = config
+  _need(c.batch_size > 0, f'batch_size must be positive, got {c.batch_size}')
+  _need(c.learning_rate > 0, f'learning_rate must be positive, got {c.learning_rate}')
+  _need(c.num_train_steps > 0 or c.num_epochs > 0,
+        'set num_train_steps > 0 or num_epochs > 0 (both are not positive)')
+  _need(c.log_every_steps > 0, f'log_every_steps must be positive, got {c.log_every_steps}')
+  _need(c.eval_every_steps >= 0, f'eval_every_steps must be >= 0, got {c.eval_every_steps}')
+  _need(c.checkpoint_every_steps >= 0,
+        f'checkpoint_every_steps must be >= 0, got {c.checkpoint_every_steps}')
+  _need(c.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {c.keep_checkpoints}')
+  _need(c.eval_batch_size >= 0, f'eval_batch_size must be >= 0, got {c.eval_batch_size}')
+  _need(0 <= c.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {c.label_smoothing}')
+  _need(c.task in tasks.TASKS, f'unknown task {c.task!r}; known: {", ".join(tasks.TASKS)}')
+  _need(c.optimizer.name in optim.OPTIMIZERS,
+        f'unknown optimizer.name {c.optimizer.name!r}; known: {", ".join(optim.OPTIMIZERS)}')
+  _need(c.schedule.name in optim.SCHEDULES,
+        f'unknown schedule.name {c.schedule.name!r}; known: {", ".join(optim.SCHEDULES)}')
+  _need(c.schedule.warmup_steps >= 0, 'schedule.warmup_steps must be >= 0')
+  _need(c.optimizer.weight_decay >= 0, 'optimizer.weight_decay must be >= 0')
+  _need(c.optimizer.grad_clip_norm >= 0, 'optimizer.grad_clip_norm must be >= 0')
+  _need(c.dtype in DTYPES, f'dtype must be one of {DTYPES}, got {c.dtype!r}')
+  _need(c.remat in REMAT, f'remat must be one of {REMAT}, got {c.remat!r}')
+  _need(c.parallelism in ('jit', 'pmap'), f"parallelism must be 'jit' or 'pmap', got {c.parallelism!r}")
+  _need(c.on_nonfinite in ('stop', 'skip'), f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
+  _need(c.grad_accum_steps >= 1, f'grad_accum_steps must be >= 1, got {c.grad_accum_steps}')
+
+  name = c.model.name
+  _need(name in models.REGISTRY,
+        f'unknown model.name {name!r}; known: {", ".join(sorted(models.REGISTRY))}')
+  extra = set(c.model.keys()) - {'name'} - models.field_names(name)
+  _need(not extra, f'model {name!r} has no hyper-parameter(s) {sorted(extra)}')
+  _need(c.data.name in sources.LOADERS,
+        f'unknown data.name {c.data.name!r}; known: {", ".join(sorted(sources.LOADERS))}')
+  if c.data.augment != 'none':
+    from train.data.augment import AUGMENTATIONS
+    _need(c.data.augment in AUGMENTATIONS,
+          f'unknown data.augment {c.data.augment!r}; known: none, {", ".join(AUGMENTATIONS)}')
+
+  try:
+    mesh = sharding.mesh_shape(c.mesh, jax.device_count())
+  except ValueError as e:
+    raise ConfigError(f'mesh: {e}') from None
+  shards = mesh['data'] * mesh['fsdp']
+  micro = c.batch_size // c.grad_accum_steps
+  _need(c.batch_size % c.grad_accum_steps == 0,
+        f'batch_size {c.batch_size} is not divisible by grad_accum_steps {c.grad_accum_steps}')
+  _need(micro % shards == 0, f'batch_size {c.batch_size} (micro-batch {micro}) is not divisible '
+        f'by the {shards} data shards of mesh {mesh}')
+  _need(c.batch_size % jax.process_count() == 0,
+        f'batch_size {c.batch_size} is not divisible by the {jax.process_count()} processes')
+  eval_bs = c.eval_batch_size or c.batch_size
+  _need(eval_bs % shards == 0, f'eval batch size {eval_bs} is not divisible by the {shards} data shards')
+  if c.parallelism == 'pmap':
+    _need(c.batch_size % jax.local_device_count() == 0,
+          f'pmap: batch_size {c.batch_size} is not divisible by {jax.local_device_count()} devices')
