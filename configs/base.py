@@ -69,6 +69,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 0              # 0: same as batch_size
   c.on_nonfinite = 'stop'            # stop | skip
   c.plots = True
+
+  # Global magnitude pruning of Dense/Conv kernels (train/prune.py), Zhu & Gupta's cubic schedule.
+  c.prune = ml_collections.ConfigDict()
+  c.prune.target_sparsity = 0.0      # 0: off; 0.9 prunes 90% of all kernel weights together
+  c.prune.begin_step = 0
+  c.prune.end_step = -1              # -1: three quarters of the way through training
+  c.prune.update_every = 100         # steps between mask updates
+  # Knowledge distillation (train/distill.py; task='distill').
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ml_collections.config_dict.placeholder(str)  # a trained classifier's workdir
+  c.distill.temperature = 4.0
+  c.distill.alpha = 0.9              # weight of the soft (teacher) loss; 1 - alpha on the labels
   return c
 
 

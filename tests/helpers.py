@@ -38,15 +38,8 @@ def latest_state(workdir: str, config):
   from train import checkpoint as ckpt_lib
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   step = ckpt.latest_step()
-  meta = ckpt.manager.item_metadata(step)['state']
-  tree = meta.tree if hasattr(meta, 'tree') else meta
-  cpu = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), tree)
-  import orbax.checkpoint as ocp
-  restored = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
   ckpt.close()
-  return step, jax.tree_util.tree_map(np.asarray, restored['state'])
+  return step, ckpt_lib.load_state(workdir)
 
 
 def assert_trees_equal(a, b):

@@ -32,6 +32,11 @@ def test_tiny_config_trains(name, tmp_path):
   folder = LOCAL_DATA.get(config.data.name)
   if folder:
     config.data.dir = str(shared_data(folder))
+  if config.task == 'distill':  # needs a trained teacher: the same tiny run on the labels alone
+    teacher = config.copy_and_resolve_references()
+    teacher.task = 'classification'
+    trainer.train_and_evaluate(teacher, str(tmp_path / 'teacher'))
+    config.distill.teacher = str(tmp_path / 'teacher')
   if config.data.name.startswith('cifar'):
     tfds = pytest.importorskip('tensorflow_datasets')
     with tfds.testing.mock_data(num_examples=64):

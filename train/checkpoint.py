@@ -83,20 +83,30 @@ def load_params(path: str) -> dict:
   from models import pretrained
   if pretrained.is_hf_checkpoint(path):
     return pretrained.load_pretrained_params(path)
-  step_dir = _find_step_dir(path)
+  return load_state(path, keys=('params',))['params']
+
+
+def load_state(path: str, keys=None) -> dict:
+  """The train state of the latest checkpoint under ``path`` as host numpy arrays.
+
+  Works whatever mesh or process count saved it (the arrays are restored onto one
+  local device), so it serves ``init_from``, tools and tests. ``keys`` restores
+  only those top-level fields (e.g. ``('params',)``).
+  """
+  step_dir = _find_step_dir(os.path.abspath(os.path.expanduser(path)))
   state_dir = os.path.join(step_dir, 'state')
   meta = ocp.StandardCheckpointer().metadata(state_dir)
   tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
-  params_meta = tree['params']
+  if keys is not None:
+    tree = {k: tree[k] for k in keys}
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), params_meta)
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), tree)
   with ocp.PyTreeCheckpointer() as ckptr:
     restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item={'params': abstract}, partial_restore=True,
-        restore_args={'params': jax.tree_util.tree_map(
-            lambda a: ocp.ArrayRestoreArgs(sharding=cpu), abstract)}))
-  return jax.tree_util.tree_map(np.asarray, restored['params'])
+        item=abstract, partial_restore=keys is not None,
+        restore_args=jax.tree_util.tree_map(lambda a: ocp.ArrayRestoreArgs(sharding=cpu), abstract)))
+  return jax.tree_util.tree_map(np.asarray, restored)
 
 
 def _find_step_dir(path: str) -> str:

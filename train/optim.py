@@ -58,4 +58,9 @@ def create_optimizer(config, total_steps: int) -> tuple[optax.GradientTransforma
     parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
   if wd > 0:  # L2-style decay for the sgd family, still masked
     parts.append(optax.add_decayed_weights(wd, mask=decay_mask))
-  return optax.chain(*parts, tx), schedule
+  tx = optax.chain(*parts, tx)
+  prune_cfg = config.get('prune')
+  if prune_cfg is not None and prune_cfg.target_sparsity > 0:  # train/prune.py: masks every update
+    from train import prune
+    tx = prune.from_config(prune_cfg, total_steps, tx)
+  return tx, schedule

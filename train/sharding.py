@@ -86,9 +86,40 @@ def _fsdp_spec(shape, fsdp: int) -> P:
   return P()
 
 
+# Named rule sets; ``config.partition_rules`` may list these names among its rules.
+RULE_SETS = {
+    # Megatron-style tensor parallelism for models/transformer.py: column-parallel
+    # q/k/v and MLP input, row-parallel attention output and MLP output, so each
+    # block needs one all-reduce forward and one backward.
+    'megatron': (
+        (r'attention/(query|key|value)/kernel', (None, 'tensor')),
+        (r'attention/(query|key|value)/bias', ('tensor',)),
+        (r'attention/out/kernel', ('tensor', None)),
+        (r'mlp_in/kernel', (None, 'tensor')),
+        (r'mlp_in/bias', ('tensor',)),
+        (r'mlp_out/kernel', ('tensor', None)),
+        (r'word_embeddings/embedding', ('tensor', None)),
+    ),
+}
+
+
+def expand_rules(rules) -> tuple:
+  """``(pattern, axes)`` pairs, with named sets (``'megatron'``) expanded in place."""
+  out = []
+  for rule in rules or ():
+    if isinstance(rule, str):
+      if rule not in RULE_SETS:
+        raise ValueError(f'unknown partition rule set {rule!r}; known: {", ".join(RULE_SETS)}')
+      out.extend(RULE_SETS[rule])
+    else:
+      pattern, axes = rule
+      out.append((pattern, tuple(axes)))
+  return tuple(out)
+
+
 def spec_for(path: str, shape: tuple[int, ...], rules, mesh: Mesh) -> P:
   """The PartitionSpec of one array: the first matching rule, else the FSDP default."""
-  for pattern, axes in rules:
+  for pattern, axes in expand_rules(rules):
     if re.search(pattern, path):
       axes = tuple(axes)
       if len(axes) != len(shape):

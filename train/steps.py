@@ -51,6 +51,8 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:  # each replica draws its own dropout masks
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
     if grad_accum_steps == 1:
       (loss_sum, (model_state, sums)), grads = grad_fn(state.params, state.model_state, batch, rng)
     else:

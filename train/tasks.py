@@ -71,9 +71,23 @@ TASKS: dict[str, Callable] = {
 }
 
 
-def get(name: str) -> Callable:
+def distill(logits, batch, label_smoothing: float = 0.0) -> tuple[jax.Array, Sums]:
+  """Knowledge distillation on batches with ``teacher_logits`` (train/distill.py, default
+  temperature and alpha; ``get('distill', config)`` uses ``config.distill``); classification otherwise."""
+  from train import distill as distill_lib  # it imports this module
+  return distill_lib.make_task()(logits, batch, label_smoothing)
+
+
+TASKS['distill'] = distill
+
+
+def get(name: str, config=None) -> Callable:
+  """The task ``name``; one with hyper-parameters of its own (``distill``) reads them from ``config``."""
   if name not in TASKS:
     raise ValueError(f'unknown task {name!r}; known: {", ".join(TASKS)}')
+  if name == 'distill' and config is not None and 'distill' in config:
+    from train import distill as distill_lib
+    return distill_lib.make_task(config.distill.temperature, config.distill.alpha)
   return TASKS[name]
 
 

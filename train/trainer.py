@@ -20,7 +20,7 @@ import numpy as np
 import models
 from train import checkpoint as ckpt_lib
 from train import metrics as metrics_lib
-from train import optim, steps, tasks
+from train import optim, pmap_path, steps, tasks
 from train import sharding as sharding_lib
 from train.data import pipeline, sources
 from train.state import make_init_fn
@@ -35,6 +35,7 @@ class RunControl:
   """Per-invocation controls that do not change results (not part of the config)."""
   stop_at_step: int | None = None     # save and exit after this step, as a preemption would
   should_stop: Any = None             # callable -> bool, polled each step (signal handlers)
+  devices: Any = None                 # devices for the mesh (default: all); tests compare layouts
 
 
 def build_model(config, info):
@@ -60,15 +61,23 @@ def total_train_steps(config, num_train_examples: int) -> int:
 
 
 def train_and_evaluate(config, workdir: str, control: RunControl | None = None) -> dict[str, float]:
-  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints); returns final metrics."""
+  """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+  Returns the final eval metrics, ``step``, ``stopped_early`` and the final train
+  ``state`` (sharded ``jax.Array``s), so research code can go on from it in-process.
+  """
   control = control or RunControl()
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
   # Data.
   splits = sources.load_splits(config.data)
+  if config.task == 'distill':  # train/distill.py: the teacher's logits join every training record
+    from train import distill
+    splits = distill.attach_teacher(splits, config.distill)
   info = splits.info
-  mesh = sharding_lib.make_mesh(config.mesh)
+  use_pmap = config.parallelism == 'pmap'
+  mesh = sharding_lib.make_mesh(config.mesh, control.devices)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   augment = None
   if config.data.augment != 'none':
@@ -86,7 +95,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   model = build_model(config, info)
   num_steps = total_train_steps(config, len(splits.train))
   tx, schedule = optim.create_optimizer(config, num_steps)
-  task_fn = tasks.get(config.task)
+  task_fn = tasks.get(config.task, config)  # config: tasks with hyper-parameters (distill)
 
   # State: restored from this workdir, else initialised (sharded from the start).
   rng = jax.random.key(config.seed)
@@ -94,7 +103,11 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   example = {k: v[:1] for k, v in train_ds[0].items()}
   init_fn = make_init_fn(model, tx, example)
   abstract_state = jax.eval_shape(init_fn, init_rng)
-  state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
+  if use_pmap:  # built and checkpointed on one device, then replicated for the steps
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    state_shardings = jax.tree_util.tree_map(lambda _: single, abstract_state)
+  else:
+    state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                        best_metric=config.keep_best_by)
   start_step = checkpointer.latest_step()
@@ -113,44 +126,55 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
                f'{sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,}')
 
   # Steps, compiled ahead of step 1 so the memory report comes before training.
-  train_step = jax.jit(
-      steps.make_train_step(model, task_fn, label_smoothing=config.label_smoothing,
-                            grad_accum_steps=config.grad_accum_steps, schedule=schedule),
-      in_shardings=(state_shardings, batch_sharding, sharding_lib.replicated(mesh)),
-      out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
-  eval_step = jax.jit(steps.make_eval_step(model, task_fn),
-                      in_shardings=(state_shardings, batch_sharding))
-  abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
-                                            sharding=batch_sharding)
-                    for k, v in train_ds[0].items()}
-  t0 = time.perf_counter()
-  compiled = train_step.lower(state, abstract_batch, step_rng).compile()
-  logging.info('train step compiled in %.1fs; %s', time.perf_counter() - t0,
-               memory_report(compiled))
+  step_kw = dict(label_smoothing=config.label_smoothing, grad_accum_steps=config.grad_accum_steps,
+                 schedule=schedule)
+  if use_pmap:
+    compiled = pmap_path.pmap_train_step(
+        steps.make_train_step(model, task_fn, axis_name=pmap_path.AXIS, **step_kw))
+    eval_step = pmap_path.pmap_eval_step(steps.make_eval_step(model, task_fn, pmap_path.AXIS))
+    put_batch = pmap_path.put_batch
+    state = pmap_path.replicate(state)
+  else:
+    train_step = jax.jit(
+        steps.make_train_step(model, task_fn, **step_kw),
+        in_shardings=(state_shardings, batch_sharding, sharding_lib.replicated(mesh)),
+        out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(model, task_fn),
+                        in_shardings=(state_shardings, batch_sharding))
+    put_batch = lambda b: sharding_lib.shard_batch(b, batch_sharding)
+    abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
+                                              sharding=batch_sharding)
+                      for k, v in train_ds[0].items()}
+    t0 = time.perf_counter()
+    compiled = train_step.lower(state, abstract_batch, step_rng).compile()
+    logging.info('train step compiled in %.1fs; %s', time.perf_counter() - t0,
+                 memory_report(compiled))
+  # What checkpoints store: the state itself, or the first replica on the pmap path.
+  host_state = pmap_path.unreplicate if use_pmap else (lambda s: s)
 
   writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
   progress = metrics_lib.Progress(num_steps, start_step, config.batch_size, enabled=is_main)
   iterator = pipeline.train_iterator(train_ds, num_threads=config.data.num_threads,
                                      prefetch=config.data.prefetch, state=data_state)
-  batches = pipeline.DevicePrefetcher(
-      iterator, lambda b: sharding_lib.shard_batch(b, batch_sharding))
+  batches = pipeline.DevicePrefetcher(iterator, put_batch)
 
   # XLA:CPU runs each device of a multi-device program on a shared thread pool; two
   # such programs in flight at once can starve each other's collectives (a
   # rendezvous timeout). On CPU meshes the loop therefore keeps one step in flight.
-  sync_each_step = mesh.devices.size > 1 and jax.default_backend() == 'cpu'
+  sync_each_step = (mesh.devices.size > 1 or use_pmap) and jax.default_backend() == 'cpu'
 
   def evaluate(state) -> dict[str, float]:
     # Rounded up to a multiple of the batch shards; the extra rows are masked padding.
-    shards = mesh.shape['data'] * mesh.shape['fsdp']
+    shards = jax.local_device_count() if use_pmap else mesh.shape['data'] * mesh.shape['fsdp']
     eval_bs = -(-(config.eval_batch_size or config.batch_size) // shards) * shards
     total, count = None, 0
     for local in pipeline.eval_batches(splits.eval, global_batch_size=eval_bs,
                                        process_index=jax.process_index(),
                                        process_count=jax.process_count()):
       # Sums come back to the host per batch (float64 there), so no extra device op.
-      sums = jax.device_get(eval_step(state, sharding_lib.shard_batch(local, batch_sharding)))
-      sums = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), sums)
+      sums = jax.device_get(eval_step(state, put_batch(local)))
+      # (pmap: every replica holds the same psum'd value; take the first)
+      sums = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64).reshape(-1)[0], sums)
       total = sums if total is None else jax.tree_util.tree_map(np.add, total, sums)
       count += int(local['valid'].sum())
     out = {f'eval/{k}': v for k, v in tasks.finalize(total).items()}
@@ -158,9 +182,10 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     return tasks.add_perplexity(out, config.task, 'eval/')
 
   def check_finite(state, step):
-    if config.on_nonfinite == 'stop' and int(state.nonfinite_steps) > 0:
+    bad, first = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
+    if config.on_nonfinite == 'stop' and np.max(bad) > 0:
       raise NonFiniteError(
-          f'non-finite loss or gradients at step {int(state.first_nonfinite_step) + 1}; '
+          f'non-finite loss or gradients at step {int(np.max(first)) + 1}; '
           f'the last good checkpoint is kept (set on_nonfinite=skip to skip such steps)')
 
   pending: list[dict] = []
@@ -181,7 +206,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
         host = jax.device_get(pending)
         pending = []
         logged = {f'train/{k}': float(np.mean([h[k] for h in host])) for k in host[0]}
-        logged['train/learning_rate'] = float(host[-1]['learning_rate'])
+        logged['train/learning_rate'] = float(np.mean(host[-1]['learning_rate']))
         logged.update(progress.update(step, logged))
         writer.write(step, logged)
         check_finite(state, step)
@@ -190,7 +215,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
         writer.write(step, eval_metrics)
       if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0 and not last:
         check_finite(state, step)
-        checkpointer.save(step, state, data_state, eval_metrics)
+        checkpointer.save(step, host_state(state), data_state, eval_metrics)
       if (control.stop_at_step is not None and step >= control.stop_at_step) or (
           control.should_stop is not None and control.should_stop()):
         stopped_early = not last
@@ -201,7 +226,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
       eval_metrics = evaluate(state)
       writer.write(step, eval_metrics)
     if checkpointer.latest_step() != step:
-      checkpointer.save(step, state, data_state, eval_metrics)
+      checkpointer.save(step, host_state(state), data_state, eval_metrics)
     checkpointer.wait()
   finally:
     progress.close()
@@ -209,7 +234,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     checkpointer.close()
   if is_main and config.plots and not stopped_early:
     metrics_lib.plot_curves(workdir)
-  return {'step': step, 'stopped_early': stopped_early, **eval_metrics}
+  return {'step': step, 'stopped_early': stopped_early, **eval_metrics, 'state': host_state(state)}
 
 
 def memory_report(compiled) -> str:

@@ -64,6 +64,14 @@ def check_config(config) -> None:
   except ValueError as e:
     raise ConfigError(f'mesh: {e}') from None
   shards = mesh['data'] * mesh['fsdp']
+  try:
+    rules = sharding.expand_rules(c.partition_rules)
+  except (ValueError, TypeError) as e:
+    raise ConfigError(f'partition_rules: {e}') from None
+  for pattern, axes in rules:
+    flat = [a for ax in axes if ax is not None for a in ((ax,) if isinstance(ax, str) else ax)]
+    _need(all(a in sharding.MESH_AXES for a in flat),
+          f'partition_rules: {pattern!r} names axes {axes}; mesh axes are {sharding.MESH_AXES}')
   micro = c.batch_size // c.grad_accum_steps
   _need(c.batch_size % c.grad_accum_steps == 0,
         f'batch_size {c.batch_size} is not divisible by grad_accum_steps {c.grad_accum_steps}')
@@ -71,8 +79,6 @@ def check_config(config) -> None:
         f'by the {shards} data shards of mesh {mesh}')
   _need(c.batch_size % jax.process_count() == 0,
         f'batch_size {c.batch_size} is not divisible by the {jax.process_count()} processes')
-  eval_bs = c.eval_batch_size or c.batch_size
-  _need(eval_bs % shards == 0, f'eval batch size {eval_bs} is not divisible by the {shards} data shards')
   if c.parallelism == 'pmap':
     _need(c.batch_size % jax.local_device_count() == 0,
           f'pmap: batch_size {c.batch_size} is not divisible by {jax.local_device_count()} devices')
