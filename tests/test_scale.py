@@ -31,8 +31,8 @@ DATA = {'mnist': 'mnist', 'tiny_shakespeare': 'tinyshakespeare'}
 
 
 def _config(name, **overrides):
-  c = load_config(f'configs/{name}.py', 'tiny', num_train_steps=3, batch_size=16,
-                  log_every_steps=1, **overrides)
+  overrides = {'num_train_steps': 3, 'batch_size': 16, 'log_every_steps': 1, **overrides}
+  c = load_config(f'configs/{name}.py', 'tiny', **overrides)
   c.data.dir = str(shared_data(DATA[c.data.name]))
   if 'dropout_rate' in c.model:
     c.model.dropout_rate = 0.0  # dropout masks legitimately differ between layouts
@@ -118,3 +118,16 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32(tmp_path):
              if hasattr(x, 'dtype') and x.ndim > 0)
   np.testing.assert_allclose(bf16['eval/loss'], f32['eval/loss'], rtol=0.02)
   assert bf16['eval/loss'] != f32['eval/loss']  # the compute really ran in bfloat16
+
+
+def test_checkpoint_moves_between_meshes(tmp_path):
+  """Saved on 8 devices, resumed on 1, then on 8 again: the same as 8 devices throughout."""
+  c = lambda: _config('mnist_cnn', num_train_steps=6, checkpoint_every_steps=0)
+  straight = trainer.train_and_evaluate(c(), str(tmp_path / 'straight'))
+  moved = str(tmp_path / 'moved')
+  trainer.train_and_evaluate(c(), moved, trainer.RunControl(stop_at_step=2))
+  trainer.train_and_evaluate(c(), moved, trainer.RunControl(stop_at_step=4, devices=jax.devices()[:1]))
+  out = trainer.train_and_evaluate(c(), moved)
+  assert out['step'] == 6
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
+                         _params(out), _params(straight))
