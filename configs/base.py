@@ -57,7 +57,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # -1 fills the rest
   c.partition_rules = ()             # ((regex on param path, (axis names...)), ...) before the default FSDP rule
   c.parallelism = 'jit'              # jit (sharded, one step for every layout) | pmap
-  c.dtype = 'float32'                # compute dtype: float32 | bfloat16 | float16; params stay float32
+  c.dtype = 'float32'                # compute dtype: float32 | bfloat16; params stay float32
   c.grad_accum_steps = 1
   c.remat = 'none'                   # none | full | dots (Transformer)
 

@@ -23,16 +23,24 @@ def _fail(message: str, status: int = EXIT_USAGE):
 
 
 def _define_flags():
+  """A fresh set of flags per call, so ``main`` can run more than once in a process (tests)."""
   from absl import flags
   from ml_collections import config_flags
+  fv = flags.FlagValues()
   config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/default.py:tiny.',
-                                  lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots.')
-  flags.DEFINE_integer('stop_at_step', None, 'Save and exit after this step (resume later).')
+                                  lock_config=True, flag_values=fv)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and plots.', flag_values=fv)
+  flags.DEFINE_integer('stop_at_step', None, 'Save and exit after this step (resume later).',
+                       flag_values=fv)
+  flags.DEFINE_bool('restore_fallback', False,
+                    'If the latest checkpoint is damaged, move it to checkpoints_damaged/ and '
+                    'resume from the previous one (default: stop with an error naming it).',
+                    flag_values=fv)
   flags.DEFINE_enum('on_config_change', 'refuse', ['refuse', 'resume', 'fresh'],
                     'When WORKDIR holds a run with a different config: refuse; resume its '
-                    'checkpoints under the new config; or move the old run aside and start fresh.')
-  return flags.FLAGS
+                    'checkpoints under the new config; or move the old run aside and start fresh.',
+                    flag_values=fv)
+  return fv
 
 
 def parse(argv):
@@ -48,12 +56,16 @@ def parse(argv):
     _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
   except (FileNotFoundError, OSError) as e:  # the last line names the file and the cause
     _fail(f'config file: {[l.strip() for l in str(e).splitlines() if l.strip()][-1]}')
+  except (AttributeError, KeyError) as e:  # an override of a key the config does not have
+    _fail(f'unknown config key {str(e).strip(chr(34))} in an override; configs/base.py lists the keys')
   except Exception as e:  # errors raised while loading the config file or an override
     _fail(f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}')
   if config is None:
     _fail('--config is required, e.g. --config configs/default.py')
   if not FLAGS.workdir:
     _fail('--workdir is required')
+  if not flags.FLAGS.is_parsed():  # libraries (grain) read absl's global flags
+    flags.FLAGS.mark_as_parsed()
   return FLAGS
 
 
@@ -70,6 +82,7 @@ def main(argv=None) -> int:
   runtime.enable_compilation_cache()
 
   from train import trainer, validate, workdir as workdir_lib
+  from train.checkpoint import CheckpointCorrupted
   from train.data.base import DataError
   config, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
   try:
@@ -90,10 +103,11 @@ def main(argv=None) -> int:
   signal.signal(signal.SIGINT, on_signal)
 
   control = trainer.RunControl(stop_at_step=FLAGS.stop_at_step,
+                               restore_fallback=FLAGS.restore_fallback,
                                should_stop=lambda: stop['signal'] is not None)
   try:
     result = trainer.train_and_evaluate(config, workdir, control)
-  except (DataError, FileNotFoundError, validate.ConfigError) as e:
+  except (DataError, FileNotFoundError, validate.ConfigError, CheckpointCorrupted) as e:
     _fail(str(e).splitlines()[0])
   except trainer.NonFiniteError as e:
     _fail(str(e), EXIT_NONFINITE)

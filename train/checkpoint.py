@@ -8,8 +8,10 @@ mesh restores onto another.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import zlib
 from typing import Any
 
 import jax
@@ -20,6 +22,29 @@ from train import sharding as sharding_lib
 
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'checkpoints_best'
+CHECKSUM_DIR = 'checkpoint_checksums'
+
+
+class CheckpointCorrupted(RuntimeError):
+  """A checkpoint's files do not match the checksums taken when it was written, or do not load."""
+
+
+def _crc32(path: str) -> int:
+  crc = 0
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      crc = zlib.crc32(chunk, crc)
+  return crc
+
+
+def checksums(step_dir: str) -> dict[str, int]:
+  """CRC32 of every file under a finished checkpoint (flipped or truncated bytes show)."""
+  out = {}
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, step_dir)] = _crc32(path)
+  return out
 
 
 class Checkpointer:
@@ -32,6 +57,9 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), item_names=('state', 'data'),
         options=options(max_to_keep=keep))
+    self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    self.checksum_dir = os.path.abspath(os.path.join(workdir, CHECKSUM_DIR))
+    self._unsummed: list[int] = []
     self.best_metric = best_metric
     self.best = None
     if best_metric:
@@ -43,7 +71,45 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def _record_checksums(self) -> None:
+    """Checksums of the saves that have finished since the last call (process 0 writes)."""
+    self.manager.wait_until_finished()
+    if jax.process_index() == 0:
+      os.makedirs(self.checksum_dir, exist_ok=True)
+      kept = set(self.manager.all_steps())
+      for step in self._unsummed:
+        step_dir = os.path.join(self.directory, str(step))
+        if step in kept and os.path.isdir(step_dir):
+          tmp = os.path.join(self.checksum_dir, f'{step}.json.tmp')
+          with open(tmp, 'w') as f:
+            json.dump(checksums(step_dir), f)
+          os.replace(tmp, os.path.join(self.checksum_dir, f'{step}.json'))
+      for name in os.listdir(self.checksum_dir):  # drop those of deleted checkpoints
+        if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) not in kept:
+          os.remove(os.path.join(self.checksum_dir, name))
+    self._unsummed = []
+
+  def verify(self, step: int) -> None:
+    """Raises :class:`CheckpointCorrupted` if ``step``'s files differ from when it was written."""
+    file = os.path.join(self.checksum_dir, f'{step}.json')
+    if not os.path.exists(file):
+      return  # written by a run that was killed before it could checksum: orbax's commit still holds
+    with open(file) as f:
+      expected = json.load(f)
+    step_dir = os.path.join(self.directory, str(step))
+    for rel, crc in expected.items():
+      path = os.path.join(step_dir, rel)
+      if not os.path.exists(path):
+        raise CheckpointCorrupted(f'checkpoint {step_dir} is corrupted: {rel} is missing')
+      if _crc32(path) != crc:
+        raise CheckpointCorrupted(f'checkpoint {step_dir} is corrupted: {rel} changed since it was written')
+
   def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None) -> None:
+    self._record_checksums()
+    self._unsummed.append(step)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}))
     self.manager.save(step, args=args, force=True)
@@ -51,12 +117,46 @@ class Checkpointer:
       self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
   def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    """The state and data-iterator state of ``step``; :class:`CheckpointCorrupted` if damaged."""
+    self.verify(step)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    except Exception as e:  # tensorstore/JSON errors from damaged files
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise CheckpointCorrupted(
+          f'checkpoint {os.path.join(self.directory, str(step))} cannot be read: {first[:300]}') from e
     return restored['state'], dict(restored['data'] or {})
 
+  def restore_latest(self, abstract_state, fallback: bool = False):
+    """``(step, state, data_state)`` from the newest readable checkpoint, or ``None`` if none.
+
+    Without ``fallback`` a damaged latest checkpoint is an error naming it; with it,
+    older checkpoints are tried in turn (the damaged one is left in place).
+    """
+    steps = self.all_steps()
+    for step in reversed(steps):
+      try:
+        return (step, *self.restore(step, abstract_state))
+      except CheckpointCorrupted as e:
+        if not fallback:
+          raise CheckpointCorrupted(f'{e} (pass --restore_fallback to use the previous one)') from None
+        logging.warning('%s; falling back to an older checkpoint', e)
+        self._set_aside(step)
+    if steps:
+      raise CheckpointCorrupted(f'no readable checkpoint in {self.directory}')
+    return None
+
+  def _set_aside(self, step: int) -> None:
+    """Moves a damaged checkpoint to ``checkpoints_damaged/`` (kept for inspection, never loaded)."""
+    if jax.process_index() == 0:
+      aside = os.path.join(os.path.dirname(self.directory), 'checkpoints_damaged')
+      os.makedirs(aside, exist_ok=True)
+      os.replace(os.path.join(self.directory, str(step)), os.path.join(aside, str(step)))
+    self.manager.reload()
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._record_checksums()
     if self.best is not None:
       self.best.wait_until_finished()
 

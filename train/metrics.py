@@ -19,11 +19,19 @@ METRICS_FILE = 'metrics.jsonl'
 class MetricWriter:
   """Appends ``{"step": s, name: value, ...}`` lines and TensorBoard scalars."""
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None):
+    """``resume_step``: drop lines logged after it (a run killed after its last checkpoint
+    logged steps that the resumed run will log again)."""
     self.enabled = enabled
     if not enabled:
       return
     self.path = os.path.join(workdir, METRICS_FILE)
+    if resume_step is not None and os.path.exists(self.path):
+      kept = [l for l in read_metrics(workdir) if l.get('step', 0) <= resume_step]
+      tmp = self.path + '.tmp'
+      with open(tmp, 'w', encoding='utf-8') as f:
+        f.writelines(json.dumps(l) + '\n' for l in kept)
+      os.replace(tmp, self.path)
     self._file = open(self.path, 'a', encoding='utf-8')
     from tensorboard.summary import Writer  # writes event files without TensorFlow
     self._tb = Writer(os.path.join(workdir, 'tensorboard'))

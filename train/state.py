@@ -13,7 +13,9 @@ class TrainState(flax.struct.PyTreeNode):
   """Parameters, mutable model collections (BatchNorm statistics), optimizer state, step.
 
   ``nonfinite_steps`` counts steps whose loss or gradients were not finite (their
-  update is never applied); ``first_nonfinite_step`` is the first such step, or -1.
+  update is never applied); ``first_nonfinite_step`` is the first such step, or -1,
+  and ``first_nonfinite_what`` what was not finite there: 0 the loss, i + 1 the
+  gradient of the i-th parameter in tree order (see :func:`nonfinite_name`).
   """
   step: jax.Array
   params: Any
@@ -21,6 +23,7 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   nonfinite_steps: jax.Array
   first_nonfinite_step: jax.Array
+  first_nonfinite_what: jax.Array
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   def apply_gradients(self, grads, model_state) -> 'TrainState':
@@ -42,5 +45,15 @@ def make_init_fn(model, tx, example_batch: dict) -> Callable[[jax.Array], TrainS
     params = variables.pop('params')
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
                       opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
-                      first_nonfinite_step=jnp.full((), -1, jnp.int32), tx=tx)
+                      first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                      first_nonfinite_what=jnp.full((), -1, jnp.int32), tx=tx)
   return init
+
+
+def nonfinite_name(params, what: int) -> str:
+  """``first_nonfinite_what`` in words: ``'the loss'`` or ``'the gradient of params/...'``."""
+  if what <= 0:
+    return 'the loss'
+  from train.sharding import path_str
+  paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  return f'the gradient of params/{paths[what - 1]}' if what - 1 < len(paths) else 'a gradient'

@@ -20,9 +20,10 @@ def model_kwargs(batch) -> dict:
   return {k: batch[k] for k in MODEL_KWARGS if k in batch}
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def _finite_flags(loss, grads) -> jax.Array:
+  """[1 + leaves] booleans: is the loss finite, is each gradient leaf finite."""
+  leaves = jax.tree_util.tree_leaves(grads)
+  return jnp.stack([jnp.isfinite(loss)] + [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
 def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
@@ -82,7 +83,8 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
     grads = jax.tree_util.tree_map(lambda g: g / n, grads)
     loss = loss_sum / n
 
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    flags = _finite_flags(loss, grads)
+    finite = jnp.all(flags)
     new_state = state.apply_gradients(grads, model_state)
     # A non-finite step is never applied: the state stays the last good one, the
     # step counter still advances (so data and rng stay aligned), and it is counted.
@@ -91,7 +93,10 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
     new_state = new_state.replace(
         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
         first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite,
-                                       state.step, state.first_nonfinite_step))
+                                       state.step, state.first_nonfinite_step),
+        first_nonfinite_what=jnp.where((state.first_nonfinite_step < 0) & ~finite,
+                                       jnp.argmin(flags).astype(jnp.int32),
+                                       state.first_nonfinite_what))
     metrics = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in sums.items()}
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
     metrics['nonfinite'] = (~finite).astype(jnp.float32)

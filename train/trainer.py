@@ -23,7 +23,7 @@ from train import metrics as metrics_lib
 from train import optim, pmap_path, steps, tasks
 from train import sharding as sharding_lib
 from train.data import pipeline, sources
-from train.state import make_init_fn
+from train.state import make_init_fn, nonfinite_name
 
 
 class NonFiniteError(RuntimeError):
@@ -36,6 +36,7 @@ class RunControl:
   stop_at_step: int | None = None     # save and exit after this step, as a preemption would
   should_stop: Any = None             # callable -> bool, polled each step (signal handlers)
   devices: Any = None                 # devices for the mesh (default: all); tests compare layouts
+  restore_fallback: bool = False      # a damaged latest checkpoint: use the previous one, not fail
 
 
 def build_model(config, info):
@@ -110,11 +111,11 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                        best_metric=config.keep_best_by)
-  start_step = checkpointer.latest_step()
+  restored = checkpointer.restore_latest(
+      ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), control.restore_fallback)
   data_state = None
-  if start_step is not None:
-    state, data_state = checkpointer.restore(
-        start_step, ckpt_lib.abstract_with_shardings(abstract_state, state_shardings))
+  if restored is not None:
+    start_step, state, data_state = restored
     logging.info('resumed from %s at step %d', workdir, start_step)
   else:
     start_step = 0
@@ -152,7 +153,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   # What checkpoints store: the state itself, or the first replica on the pmap path.
   host_state = pmap_path.unreplicate if use_pmap else (lambda s: s)
 
-  writer = metrics_lib.MetricWriter(workdir, enabled=is_main)
+  writer = metrics_lib.MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   progress = metrics_lib.Progress(num_steps, start_step, config.batch_size, enabled=is_main)
   iterator = pipeline.train_iterator(train_ds, num_threads=config.data.num_threads,
                                      prefetch=config.data.prefetch, state=data_state)
@@ -182,10 +183,12 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     return tasks.add_perplexity(out, config.task, 'eval/')
 
   def check_finite(state, step):
-    bad, first = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step))
+    bad, first, what = jax.device_get((state.nonfinite_steps, state.first_nonfinite_step,
+                                       state.first_nonfinite_what))
     if config.on_nonfinite == 'stop' and np.max(bad) > 0:
+      name = nonfinite_name(host_state(state).params, int(np.max(what)))
       raise NonFiniteError(
-          f'non-finite loss or gradients at step {int(np.max(first)) + 1}; '
+          f'{name} is not finite at step {int(np.max(first)) + 1}; '
           f'the last good checkpoint is kept (set on_nonfinite=skip to skip such steps)')
 
   pending: list[dict] = []

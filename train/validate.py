@@ -7,7 +7,8 @@ import models
 from train import optim, sharding, tasks
 from train.data import sources
 
-DTYPES = ('float32', 'bfloat16', 'float16')
+DTYPES = ('float32', 'bfloat16')  # float16 needs loss scaling, which is not built yet
+TOKENIZERS = ('char', 'byte', 'word', 'wordpiece')
 REMAT = ('none', 'full', 'dots')
 
 
@@ -46,6 +47,17 @@ def check_config(config) -> None:
   _need(c.parallelism in ('jit', 'pmap'), f"parallelism must be 'jit' or 'pmap', got {c.parallelism!r}")
   _need(c.on_nonfinite in ('stop', 'skip'), f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
   _need(c.grad_accum_steps >= 1, f'grad_accum_steps must be >= 1, got {c.grad_accum_steps}')
+  for key in ('b1', 'b2', 'momentum'):
+    v = c.optimizer[key]
+    _need(0 <= v < 1, f'optimizer.{key} must be in [0, 1), got {v}')
+  _need(c.optimizer.eps > 0, f'optimizer.eps must be positive, got {c.optimizer.eps}')
+  _need(c.schedule.end_factor >= 0, f'schedule.end_factor must be >= 0, got {c.schedule.end_factor}')
+  d = c.data
+  _need(d.tokenizer in TOKENIZERS, f'data.tokenizer must be one of {TOKENIZERS}, got {d.tokenizer!r}')
+  _need(d.seq_len > 0, f'data.seq_len must be positive, got {d.seq_len}')
+  _need(d.vocab_size > 0, f'data.vocab_size must be positive, got {d.vocab_size}')
+  for key in ('num_threads', 'prefetch', 'train_limit', 'eval_limit'):
+    _need(d[key] >= 0, f'data.{key} must be >= 0, got {d[key]}')
 
   name = c.model.name
   _need(name in models.REGISTRY,
