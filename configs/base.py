@@ -84,6 +84,32 @@ def get_base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def set_model(c, name: str) -> None:
+  """``c.model`` = the registered model ``name`` with every hyper-parameter as a key.
+
+  Keys start unset (``None``: the preset's value), so with ``lock_config`` any of them
+  can still be set from the command line (``--config.model.dropout_rate=0.1``), and
+  ``--config.model.name=resnet18`` switches preset without stale values. ``dtype``
+  and ``param_dtype`` come from ``config.dtype`` instead.
+  """
+  import dataclasses
+  import functools
+
+  import models
+  ctor = models.REGISTRY[name]
+  cls = ctor.func if isinstance(ctor, functools.partial) else ctor
+  model = ml_collections.ConfigDict({'name': name})
+  for f in dataclasses.fields(cls):
+    if not f.init or f.name in ('parent', 'name', 'dtype', 'param_dtype'):
+      continue
+    default = (ctor.keywords.get(f.name, f.default) if isinstance(ctor, functools.partial)
+               else f.default)
+    if isinstance(default, (bool, int, float, str, tuple)):
+      model[f.name] = ml_collections.config_dict.placeholder(
+          float if isinstance(default, float) else type(default))
+  c.model = model
+
+
 def parse_arg(arg: str | None, allowed: tuple[str, ...] = ('tiny', 'val')) -> set[str]:
   """``get_config`` arguments as a set: ``'tiny'``, ``'val'`` or ``'tiny,val'``."""
   words = {w for w in (arg or '').split(',') if w}

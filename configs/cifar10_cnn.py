@@ -6,7 +6,8 @@ dense 10) on CIFAR-10, from TFDS by default or the python batches in ``data.dir`
       --config.data.dir=/path/to/cifar-10-batches-py
   # :val holds out 10% of train for choices; :tiny is a smoke run.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -15,7 +16,7 @@ def get_config(arg: str | None = None):
   c.data.name = 'cifar10'
   c.data.dir = local_data_dir('cifar10')
   c.data.augment = 'cifar'
-  c.model.name = 'cifar_cnn'
+  set_model(c, 'cifar_cnn')
   c.batch_size = 128
   c.num_epochs = 30
   c.learning_rate = 1e-3

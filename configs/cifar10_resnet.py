@@ -4,7 +4,8 @@ SGD with Nesterov momentum and a cosine schedule; ``--config.model.name=resnet18
   python -m train --config configs/cifar10_resnet.py --workdir runs/cifar10_resnet
   # :val holds out 10% of train for choices; :tiny is a smoke run.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -13,7 +14,7 @@ def get_config(arg: str | None = None):
   c.data.name = 'cifar10'
   c.data.dir = local_data_dir('cifar10')
   c.data.augment = 'cifar'
-  c.model.name = 'resnet20'
+  set_model(c, 'resnet20')
   c.batch_size = 128
   c.num_epochs = 180
   c.learning_rate = 0.1

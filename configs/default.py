@@ -6,7 +6,7 @@ and evaluates on a fixed, stratified 20% held-out test split (360 images).
   python -m train --config configs/default.py --workdir runs/default
   python -m train --config configs/default.py:tiny --workdir /tmp/smoke   # seconds
 """
-from configs.base import get_base_config, parse_arg
+from configs.base import get_base_config, parse_arg, set_model
 
 
 def get_config(arg: str | None = None):
@@ -14,7 +14,7 @@ def get_config(arg: str | None = None):
   c = get_base_config()
   c.data.name = 'digits'
   c.data.train_split, c.data.eval_split = 'train', 'test'
-  c.model.name = 'cnn'
+  set_model(c, 'cnn')
   c.batch_size = 32
   c.num_epochs = 30
   c.learning_rate = 3e-3

