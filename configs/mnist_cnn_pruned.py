@@ -10,7 +10,8 @@ the first 900 steps (Zhu & Gupta's cubic schedule, masks every 50 steps):
   # Without init_from it prunes while training from scratch (add --config.num_epochs=12).
   # :tiny is a smoke run (4 steps, 90% sparsity from step 2).
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -18,7 +19,7 @@ def get_config(arg: str | None = None):
   c = get_base_config()
   c.data.name = 'mnist'
   c.data.dir = local_data_dir('mnist')
-  c.model.name = 'cnn'
+  set_model(c, 'cnn')             # every hyper-parameter a key, as in the other configs
   c.batch_size = 128
   c.num_epochs = 3
   c.learning_rate = 5e-4             # fine-tuning: a quarter of mnist_cnn's peak rate

@@ -1,7 +1,8 @@
-"""A small MLP student (784-64-10) distilled from a trained MNIST CNN, and the same student alone.
+"""A small MLP student (784-256-10) distilled from a trained MNIST CNN, and the same student alone.
 
-The teacher is a finished configs/mnist_cnn.py run; its logits for the 60,000
-training images are computed once before step 1 (train/distill.py, T=4, alpha=0.9):
+The teacher is a finished configs/mnist_cnn.py run (824k weights; the student has
+204k); its logits for the 60,000 training images are computed once before step 1
+(train/distill.py, T=4, alpha=0.9):
 
   python -m train --config configs/mnist_distill.py --workdir runs/mnist_distill \
       --config.data.dir=../shared/data/mnist --config.distill.teacher=runs/mnist_cnn
@@ -11,7 +12,8 @@ training images are computed once before step 1 (train/distill.py, T=4, alpha=0.
   # :val holds out 10% of train for choices (the teacher must not have trained on it:
   # use a :val teacher there); :tiny is a smoke run and still needs a teacher.
 """
-from configs.base import get_base_config, hold_out_validation, local_data_dir, make_tiny, parse_arg
+from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+                          parse_arg, set_model)
 
 
 def get_config(arg: str | None = None):
@@ -19,8 +21,8 @@ def get_config(arg: str | None = None):
   c = get_base_config()
   c.data.name = 'mnist'
   c.data.dir = local_data_dir('mnist')
-  c.model.name = 'mlp'
-  c.model.hidden_sizes = (64,)
+  set_model(c, 'mlp')             # every hyper-parameter a key, as in the other configs
+  c.model.hidden_sizes = (256,)
   c.task = 'classification' if 'alone' in args else 'distill'
   c.distill.temperature = 4.0
   c.distill.alpha = 0.9

@@ -51,10 +51,19 @@ def test_one_global_threshold_gives_the_requested_fraction(sparsity):
   assert np.asarray(masks['Conv_0']['bias']).all() and np.asarray(masks['Dense_0']['bias']).all()
 
 
-def test_ties_at_zero_still_give_the_exact_count():
+def test_ties_still_give_the_exact_count_and_match_a_stable_sort():
   tree = {'Dense_0': {'kernel': np.zeros((10, 10), np.float32)}}
   masks = prune.global_magnitude_masks(tree, 0.37)
   assert (~np.asarray(masks['Dense_0']['kernel'])).sum() == 37
+  rng = np.random.default_rng(3)
+  x = np.abs(rng.normal(size=3000)).astype(np.float32)
+  x[rng.integers(0, 3000, 600)] = 0.0       # pruned weights
+  x[rng.integers(0, 3000, 300)] = x[7]      # ties away from zero
+  for s in (0.1, 0.25, 0.5, 0.9):
+    masks = prune.global_magnitude_masks({'Dense_0': {'kernel': x.reshape(60, 50)}}, s)
+    ref = np.ones(3000, bool)
+    ref[np.argsort(x, kind='stable')[:round(s * 3000)]] = False
+    np.testing.assert_array_equal(np.asarray(masks['Dense_0']['kernel']).ravel(), ref)
 
 
 def test_masked_weights_are_zero_after_every_update_and_adam_cannot_revive_them():

@@ -5,10 +5,10 @@
 Every Dense and Conv kernel (``[in, out]``, ``[kh, kw, in, out]``) becomes int8
 ``q = round(w / s)`` with ``s = max|w| / 127`` over all axes but the last, so each
 output channel uses the whole [-127, 127] range and ``|w - s q| <= s / 2``. Biases,
-norm parameters, embeddings and model state stay float32: they are a sliver of
-the bytes and the most sensitive to rounding. The command evaluates the float and
-the dequantized model on the run's eval split with the trainer's eval step and
-writes both as safetensors, reporting accuracies and file sizes.
+norm parameters, embeddings and model state stay float32 (a sliver of the bytes).
+The command writes the int8 weights as safetensors, evaluates the float and the
+dequantized model on the run's eval split with the trainer's eval step and task,
+and prints both accuracies and the float32 and int8 file sizes.
 """
 from __future__ import annotations
 

@@ -29,9 +29,15 @@ def _flatten(d, prefix=''):
 
 
 def config_diff(old: dict, new: dict) -> list[str]:
+  """Changed keys. A key the old run did not have yet (added to configs/base.py since)
+  is no change when it holds its default, so older runs still resume."""
+  import json
+  from configs.base import get_base_config
   a, b = _flatten(old), _flatten(new)
+  defaults = _flatten(json.loads(get_base_config().to_json_best_effort()))
   keys = sorted((set(a) | set(b)) - RUN_CONTROL_KEYS)
-  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in keys if a.get(k) != b.get(k)]
+  return [f'{k}: {a.get(k)!r} -> {b.get(k)!r}' for k in keys if a.get(k) != b.get(k)
+          and not (k not in a and (b.get(k) is None or b.get(k) == defaults.get(k, object())))]
 
 
 def prepare(workdir: str, config, on_change: str = 'refuse') -> None:
