@@ -66,7 +66,9 @@ def read_metrics(workdir: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  # A run killed mid-write leaves a torn last line (no newline): it is dropped, never parsed.
+  return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 class Progress:
