@@ -6,6 +6,7 @@ setup(
     version='0.1.0',
     description='Readable, scalable JAX/Flax training for research.',
     packages=['models', 'train', 'train.data', 'configs'],
+    package_data={'train.data': ['digits_split.npz']},
     python_requires='>=3.10',
     install_requires=[
         'jax>=0.6',

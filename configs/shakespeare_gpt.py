@@ -41,10 +41,13 @@ def get_config(arg: str | None = None):
   if 'baby' in args:
     c.model.num_layers, c.model.num_heads, c.model.hidden_size, c.model.mlp_dim = 6, 6, 384, 1536
     c.model.max_len = c.data.seq_len = 256
-    c.model.dropout_rate = 0.2
+    c.model.dropout_rate = c.model.attention_dropout_rate = 0.2  # nanoGPT drops both
     c.batch_size = 64
     c.num_train_steps = 5000
     c.learning_rate = 1e-3
+    # nanoGPT evaluates every 250 steps and keeps the best checkpoint by val loss.
+    c.eval_every_steps = c.checkpoint_every_steps = 250
+    c.keep_best_by = 'eval/loss'
   if 'tiny' in args:
     make_tiny(c, train_limit=0, eval_limit=16)
     c.model.num_layers, c.model.hidden_size, c.model.mlp_dim = 1, 32, 64

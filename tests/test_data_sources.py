@@ -440,3 +440,20 @@ def test_loaders_registered():
                'listops', 'imdb_reviews', 'lm1b']:
     assert name in LOADERS
   assert mnist.IMAGES_MAGIC == 2051 and cifar.LAYOUT['cifar10'][3] == 10
+
+
+def test_digits_split_file_is_sklearns_stratified_split():
+  """digits.py reads the CSV and a stored split instead of importing sklearn (5 s of start-up);
+  both must still be exactly what load_digits and train_test_split give."""
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  from train.data import digits
+  ref = load_digits()
+  images, labels = digits.load_arrays()
+  np.testing.assert_array_equal(images, ref.images)
+  np.testing.assert_array_equal(labels, ref.target)
+  train, test = train_test_split(np.arange(len(labels)), test_size=0.2,
+                                 random_state=0, stratify=labels)
+  order = np.load(digits.SPLIT_FILE)
+  np.testing.assert_array_equal(order['train'], train)
+  np.testing.assert_array_equal(order['test'], test)

@@ -220,3 +220,27 @@ def test_dropout_only_in_train_mode():
 def test_unknown_cell_is_an_error():
   with pytest.raises(ValueError, match='unknown cell'):
     rnn.RNNLM(cell='rnn', **SMALL).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
+
+
+@pytest.mark.parametrize('reverse', [False, True])
+def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
+  """HoistedLSTM (hoisted input matmul, hand-written backward) against nn.RNN(OptimizedLSTMCell)
+  with the same parameters: outputs on real positions and every parameter gradient."""
+  import flax.linen as nn
+  from models.rnn import HoistedLSTM
+  x = jax.random.normal(jax.random.key(0), (3, 7, 5))
+  lengths = jnp.array([7, 4, 1])
+  real = (jnp.arange(7)[None] < lengths[:, None])[..., None]
+  ours = HoistedLSTM(6, reverse=reverse)
+  ref = nn.RNN(nn.OptimizedLSTMCell(6), reverse=reverse, keep_order=True)
+  params = ours.init(jax.random.key(1), x, lengths)
+  ref_shapes = jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.key(1), x, seq_lengths=lengths))
+  assert jax.tree_util.tree_map(jnp.shape, params) == ref_shapes  # same names and shapes
+  a = ours.apply(params, x, lengths) * real
+  b = ref.apply(params, x, seq_lengths=lengths) * real
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  weights = jax.random.normal(jax.random.key(2), a.shape)  # a loss that weighs every output
+  ga = jax.grad(lambda p: (ours.apply(p, x, lengths) * real * weights).sum())(params)
+  gb = jax.grad(lambda p: (ref.apply(p, x, seq_lengths=lengths) * real * weights).sum())(params)
+  for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    np.testing.assert_allclose(u, v, atol=1e-5)

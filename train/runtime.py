@@ -1,4 +1,4 @@
-"""Process-level set-up: multi-host initialisation and the persistent compilation cache."""
+"""Process-level set-up: multi-host initialisation, the persistent compilation cache, malloc."""
 from __future__ import annotations
 
 import logging
@@ -41,3 +41,26 @@ def enable_compilation_cache(path: str | None = None) -> str:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return path
+
+
+def tune_malloc() -> bool:
+  """glibc only: keep freed memory in one heap instead of returning it to the OS.
+
+  XLA:CPU allocates each step's temporaries (hundreds of MB for the Transformer) on
+  its own threads; glibc serves such large blocks from fresh ``mmap``s and unmaps
+  them on free, so every step page-faults its whole working set back in (159k minor
+  faults and ~0.3 s of kernel time per Transformer step here). One arena and no
+  ``mmap`` keep the pages mapped across steps. Call before the backend starts its
+  threads; the same as ``GLIBC_TUNABLES=glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:
+  glibc.malloc.trim_threshold=2147483647`` in the environment. Returns False off glibc.
+  """
+  import ctypes
+  import ctypes.util
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return False
+  M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
+  return all(mallopt(opt, value) == 1 for opt, value in
+             ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2 ** 31 - 1)))

@@ -1,0 +1,87 @@
+"""train/benchmark.py: FLOP counts by hand, the JSON line's fields, the matmul peak.
+
+Speed is never asserted here (the machines are shared); only that the numbers exist.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import TransformerLM
+from train import benchmark
+
+REQUIRED = ('examples_per_sec', 'tokens_per_sec', 'step_time_ms', 'compile_time_s', 'mfu',
+            'peak_memory_bytes', 'flops_per_step', 'matmul_peak_flops')
+
+
+def test_transformer_flops_match_a_hand_count():
+  v, p, d, m, layers, heads, t = 11, 8, 8, 16, 2, 2, 8
+  model = TransformerLM(vocab_size=v, max_len=p, num_layers=layers, num_heads=heads,
+                        hidden_size=d, mlp_dim=m)
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, t), jnp.int32))['params']
+  per_layer = (2 * 2 * d               # two LayerNorms (scale, bias)
+               + 4 * (d * d + d)       # q, k, v, out with biases
+               + d * m + m + m * d + d)  # MLP in and out with biases
+  n = v * d + layers * per_layer + 2 * d  # tied token table, blocks, final norm; no positions
+  assert benchmark.param_count(params) == n + p * d
+  expected = 6 * n + 12 * layers * heads * (d // heads) * t
+  assert benchmark.transformer_flops_per_token(model, params, t) == expected
+
+
+def test_untied_head_counts_the_head_not_the_lookup():
+  model = TransformerLM(vocab_size=11, max_len=8, num_layers=1, num_heads=2, hidden_size=8,
+                        mlp_dim=16, tie_embeddings=False)
+  shapes = lambda m: jax.eval_shape(m.init, jax.random.key(0), jnp.ones((1, 8), jnp.int32))['params']
+  params = shapes(model)
+  tied = TransformerLM(vocab_size=11, max_len=8, num_layers=1, num_heads=2, hidden_size=8,
+                       mlp_dim=16)
+  tied_params = shapes(tied)
+  # The head (8 x 11) replaces the tied table in N: same count either way.
+  assert (benchmark.transformer_flops_per_token(model, params, 8)
+          == benchmark.transformer_flops_per_token(tied, tied_params, 8))
+
+
+def test_scan_flops_count_every_iteration():
+  w = jnp.ones((4, 5))
+
+  def f(x):
+    return jax.lax.scan(lambda c, _: (c, c @ w), x, None, length=7)[1]
+
+  flops, loops = benchmark.jaxpr_matmul_flops(jax.make_jaxpr(f)(jnp.ones((3, 4))).jaxpr)
+  assert loops and flops == 7 * 2 * 3 * 4 * 5
+
+
+def test_matmul_peak_is_positive():
+  assert benchmark.measure_matmul_peak('float32', n=128, reps=3) > 0
+
+
+def test_json_line_has_every_figure():
+  from tests.helpers import load_config
+  config = load_config('configs/bench_char_transformer.py', 'tiny')
+  config.data.dir = None  # synthetic batches of the known shapes: no files needed
+  # One device keeps the compile short (the suite runs on 8 fake ones).
+  result = benchmark.run(config, steps=2, warmup=1, matmul_size=256,
+                         devices=jax.local_devices()[:1])
+  record = json.loads(benchmark.json_line(result))
+  for key in REQUIRED:
+    assert isinstance(record[key], (int, float)) and record[key] > 0, key
+  assert record['num_devices'] == 1
+  assert record['tokens_per_sec'] == record['examples_per_sec'] * record['seq_len']
+  assert record['flops_source'] == 'nanogpt_6N_plus_attention'
+
+
+def test_variants_run_side_by_side():
+  from tests.helpers import load_config
+  config = load_config('configs/seed_fnn.py', 'tiny')
+  rows = benchmark.compare(config, ['b32:batch_size=32,xla_cpu_enable_fast_math=true'],
+                           steps=2, warmup=1, rounds=2, devices=jax.local_devices()[:1])
+  assert [r['name'] for r in rows] == ['base', 'b32']
+  assert rows[0]['speed'] == 1.0 and all(np.isfinite(r['speed']) and r['speed'] > 0 for r in rows)
+
+
+def test_parse_variant():
+  name, overrides, options = benchmark.parse_variant(
+      'x:dtype=bfloat16,batch_size=64,xla_cpu_enable_fast_math=true')
+  assert name == 'x' and overrides == {'dtype': 'bfloat16', 'batch_size': 64}
+  assert options == {'xla_cpu_enable_fast_math': True}
