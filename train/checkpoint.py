@@ -2,15 +2,21 @@
 
 ``CheckpointManager`` writes each step to a temporary directory and renames it
 only when complete, so a crash mid-save never leaves a checkpoint that a restart
-would load. Saves are asynchronous: training goes on while the arrays are written.
+would load. Saves are asynchronous: training goes on while the arrays are written,
+and a failed write (disk full, no permission) surfaces at the next save or at the
+end as :class:`CheckpointSaveError`, with the half-written step removed.
 Restoring takes an abstract state with shardings, so a checkpoint saved on one
 mesh restores onto another.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
+import shutil
 import zlib
 from typing import Any
 
@@ -27,6 +33,42 @@ CHECKSUM_DIR = 'checkpoint_checksums'
 
 class CheckpointCorrupted(RuntimeError):
   """A checkpoint's files do not match the checksums taken when it was written, or do not load."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written: disk full, no permission, quota exceeded, read-only disk.
+
+  ``step`` is the save that failed (its half-written files are removed, so it never
+  loads); ``kept`` is the newest complete checkpoint, which a restart resumes from
+  (``None``: none was saved yet).
+  """
+
+  def __init__(self, message: str, step: int | None, kept: int | None):
+    super().__init__(message)
+    self.step, self.kept = step, kept
+
+
+# tensorstore reports a failed file operation as a ValueError ending in [os_error_code='28'].
+_TENSORSTORE_ERRNO = re.compile(r"os_error_code='?(\d+)")
+
+
+def storage_cause(error: BaseException) -> str | None:
+  """``'No space left on device [ENOSPC]'`` when ``error`` (or an exception it chains
+  from) is a failed file operation, from Python (``OSError``) or from tensorstore's
+  array writes; ``None`` for anything else, which is a bug and keeps its traceback."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    code = getattr(error, 'errno', None) if isinstance(error, OSError) else None
+    if code is None:
+      match = _TENSORSTORE_ERRNO.search(str(error))
+      code = int(match.group(1)) if match else None
+    if code is not None:
+      return f'{os.strerror(code)} [{errno.errorcode.get(code, code)}]'
+    if isinstance(error, OSError):
+      return str(error) or type(error).__name__
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _crc32(path: str) -> int:
@@ -52,19 +94,28 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, best_metric: str | None = None,
                best_mode: str = 'max', async_save: bool = True):
+    # Step folders are made before save() returns (a few mkdirs): made in the background
+    # instead, an unwritable disk leaves orbax's writer threads waiting 5 minutes for a
+    # folder that never comes, and the process cannot exit until they give up.
+    sync_mkdir = ocp.AsyncOptions(create_directories_asynchronously=False)
+
     def options(**kw):
-      return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save, **kw)
+      return ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
+                                          async_options=sync_mkdir, **kw)
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), item_names=('state', 'data'),
         options=options(max_to_keep=keep))
     self.directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
     self.checksum_dir = os.path.abspath(os.path.join(workdir, CHECKSUM_DIR))
-    self._unsummed: list[int] = []
+    self._unsummed: list[int] = []   # saves whose checksums are not recorded yet
+    self._best_pending: int | None = None
+    self._failed = False
     self.best_metric = best_metric
     self.best = None
+    self.best_directory = os.path.abspath(os.path.join(workdir, BEST_DIR))
     if best_metric:
       self.best = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(workdir, BEST_DIR)), item_names=('state', 'data'),
+          self.best_directory, item_names=('state', 'data'),
           options=options(max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode,
                           keep_checkpoints_without_metrics=False))
 
@@ -74,23 +125,64 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def _record_checksums(self) -> None:
-    """Checksums of the saves that have finished since the last call (process 0 writes)."""
-    self.manager.wait_until_finished()
+  @contextlib.contextmanager
+  def _writing(self, step: int | None, directory: str | None = None, what: str = ''):
+    """Turns a storage failure inside the block into :class:`CheckpointSaveError` for
+    ``step``, saved under ``directory`` (default ``checkpoints/``)."""
+    try:
+      yield
+    except Exception as e:
+      cause = storage_cause(e)
+      if cause is None:
+        raise
+      raise self._save_failed(step, cause, directory or self.directory, what) from e
+
+  def _save_failed(self, step: int | None, cause: str, directory: str,
+                   what: str = '') -> CheckpointSaveError:
+    """Removes what the failed save left and says which checkpoint a restart will load."""
+    self._failed = True
+    self._unsummed = []
     if jax.process_index() == 0:
-      os.makedirs(self.checksum_dir, exist_ok=True)
+      remove_partial(directory, self.checksum_dir, step)
+    kept = complete_steps(self.directory)
+    kept = kept[-1] if kept else None
+    what = what or (f'checkpoint step {step}' if step is not None else 'a checkpoint')
+    then = (f'checkpoint step {kept} is kept: free space or fix permissions, then run the same '
+            'command to resume from it') if kept is not None else (
+        'no earlier checkpoint exists: free space or fix permissions, then run the same command '
+        'to start again')
+    return CheckpointSaveError(f'cannot save {what} in {directory}: {cause}; {then}',
+                               step, kept)
+
+  def _record_checksums(self) -> None:
+    """Checksums of the saves that have finished since the last call (process 0 writes).
+
+    Waits for the pending save first: if it failed, :class:`CheckpointSaveError`.
+    """
+    with self._writing(self._unsummed[-1] if self._unsummed else None):
+      self.manager.wait_until_finished()
+    if jax.process_index() == 0:
       kept = set(self.manager.all_steps())
       for step in self._unsummed:
         step_dir = os.path.join(self.directory, str(step))
         if step in kept and os.path.isdir(step_dir):
-          tmp = os.path.join(self.checksum_dir, f'{step}.json.tmp')
-          with open(tmp, 'w') as f:
-            json.dump(checksums(step_dir), f)
-          os.replace(tmp, os.path.join(self.checksum_dir, f'{step}.json'))
-      for name in os.listdir(self.checksum_dir):  # drop those of deleted checkpoints
-        if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) not in kept:
-          os.remove(os.path.join(self.checksum_dir, name))
+          with self._writing(step, what=f'the checksums of checkpoint step {step}'):
+            os.makedirs(self.checksum_dir, exist_ok=True)
+            tmp = os.path.join(self.checksum_dir, f'{step}.json.tmp')
+            with open(tmp, 'w') as f:
+              json.dump(checksums(step_dir), f)
+            os.replace(tmp, os.path.join(self.checksum_dir, f'{step}.json'))
+      with self._writing(self._unsummed[-1] if self._unsummed else None):
+        for name in os.listdir(self.checksum_dir) if os.path.isdir(self.checksum_dir) else []:
+          if name.endswith('.json') and name[:-5].isdigit() and int(name[:-5]) not in kept:
+            os.remove(os.path.join(self.checksum_dir, name))  # of a deleted checkpoint
     self._unsummed = []
+
+  def _wait_best(self) -> None:
+    if self.best is not None:
+      with self._writing(self._best_pending, self.best_directory):
+        self.best.wait_until_finished()
+      self._best_pending = None
 
   def verify(self, step: int) -> None:
     """Raises :class:`CheckpointCorrupted` if ``step``'s files differ from when it was written."""
@@ -108,13 +200,23 @@ class Checkpointer:
         raise CheckpointCorrupted(f'checkpoint {step_dir} is corrupted: {rel} changed since it was written')
 
   def save(self, step: int, state, data_state: dict | None, metrics: dict | None = None) -> None:
+    """Starts saving ``step`` (in the background when async).
+
+    Raises :class:`CheckpointSaveError` if this save, or the previous one still being
+    written, fails for lack of space or permission.
+    """
     self._record_checksums()
     self._unsummed.append(step)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               data=ocp.args.JsonSave(data_state or {}))
-    self.manager.save(step, args=args, force=True)
+    with self._writing(step):
+      self.manager.save(step, args=args, force=True)
     if self.best is not None and metrics and self.best_metric in metrics:
-      self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()}, force=True)
+      self._wait_best()
+      self._best_pending = step
+      with self._writing(step, self.best_directory):
+        self.best.save(step, args=args, metrics={k: float(v) for k, v in metrics.items()},
+                       force=True)
 
   def restore(self, step: int, abstract_state) -> tuple[Any, dict]:
     """The state and data-iterator state of ``step``; :class:`CheckpointCorrupted` if damaged."""
@@ -156,14 +258,55 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self) -> None:
+    """Blocks until every save has finished; :class:`CheckpointSaveError` if one failed."""
     self._record_checksums()
-    if self.best is not None:
-      self.best.wait_until_finished()
+    self._wait_best()
 
   def close(self) -> None:
-    self.manager.close()
-    if self.best is not None:
-      self.best.close()
+    """Finishes pending saves, records their checksums and closes the managers.
+
+    Also runs when a run stops on an error, which is already on its way up: a save
+    failing here is logged, not raised over it.
+    """
+    if not self._failed:
+      try:
+        self._record_checksums()
+      except CheckpointSaveError as e:
+        logging.warning('%s', e)
+    for manager in (self.manager, self.best):
+      if manager is None:
+        continue
+      try:
+        manager.close()
+      except Exception:
+        if not self._failed:
+          raise
+        # orbax raises the failed save again on close; it was reported already
+
+
+def complete_steps(directory: str) -> list[int]:
+  """Steps with a finished checkpoint under ``directory`` (orbax renames a step's
+  temporary folder to the bare step number only once every file is written)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def remove_partial(directory: str, checksum_dir: str, step: int | None) -> None:
+  """Deletes what a failed save of ``step`` left: its temporary folder (space on a full
+  disk; never loaded anyway) and half-written checksum files. Best effort: on a
+  read-only disk nothing can be removed, and nothing needs to be."""
+  prefix = f'{step}.orbax-checkpoint-tmp' if step is not None else None
+  if os.path.isdir(directory):
+    for name in os.listdir(directory):
+      if prefix is not None and name.startswith(prefix):
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  if os.path.isdir(checksum_dir):
+    for name in os.listdir(checksum_dir):
+      if name.endswith('.json.tmp'):
+        with contextlib.suppress(OSError):
+          os.remove(os.path.join(checksum_dir, name))
 
 
 def abstract_with_shardings(abstract_tree, shardings):
