@@ -16,6 +16,7 @@ class TrainState(flax.struct.PyTreeNode):
   update is never applied); ``first_nonfinite_step`` is the first such step, or -1,
   and ``first_nonfinite_what`` what was not finite there: 0 the loss, i + 1 the
   gradient of the i-th parameter in tree order (see :func:`nonfinite_name`).
+  ``loss_scale`` is ``None`` here; float16 runs use :class:`ScaledTrainState`.
   """
   step: jax.Array
   params: Any
@@ -25,11 +26,22 @@ class TrainState(flax.struct.PyTreeNode):
   first_nonfinite_step: jax.Array
   first_nonfinite_what: jax.Array
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+  loss_scale = None  # a class attribute, not a field: the pytree (and checkpoints) stay as they were
 
   def apply_gradients(self, grads, model_state) -> 'TrainState':
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
                         opt_state=opt_state, model_state=model_state)
+
+
+class ScaledTrainState(TrainState):
+  """A :class:`TrainState` with a dynamic loss scale (``train.loss_scale.LossScale``): float16 runs.
+
+  A subclass rather than an optional field, so the states and checkpoints of other
+  runs keep exactly their old tree (an extra ``None`` leaf would make Orbax refuse
+  checkpoints written before it).
+  """
+  loss_scale: Any = None
 
 
 def init_variables(model, example_batch: dict, rng: jax.Array) -> dict:
@@ -38,15 +50,22 @@ def init_variables(model, example_batch: dict, rng: jax.Array) -> dict:
   return model.init({'params': rng, 'dropout': rng}, example_batch['inputs'], train=False, **kwargs)
 
 
-def make_init_fn(model, tx, example_batch: dict) -> Callable[[jax.Array], TrainState]:
-  """``rng -> TrainState``: pure, so it can be ``eval_shape``d and jitted with out_shardings."""
+def make_init_fn(model, tx, example_batch: dict,
+                 loss_scale=None) -> Callable[[jax.Array], TrainState]:
+  """``rng -> TrainState``: pure, so it can be ``eval_shape``d and jitted with out_shardings.
+
+  ``loss_scale`` (``train.loss_scale.from_config``) turns on dynamic loss scaling.
+  """
   def init(rng):
     variables = dict(init_variables(model, example_batch, rng))
     params = variables.pop('params')
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
-                      first_nonfinite_step=jnp.full((), -1, jnp.int32),
-                      first_nonfinite_what=jnp.full((), -1, jnp.int32), tx=tx)
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                  opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
+                  first_nonfinite_step=jnp.full((), -1, jnp.int32),
+                  first_nonfinite_what=jnp.full((), -1, jnp.int32), tx=tx)
+    if loss_scale is None:
+      return TrainState(**fields)
+    return ScaledTrainState(**fields, loss_scale=loss_scale)
   return init
 
 

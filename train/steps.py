@@ -5,12 +5,12 @@ so the same code serves one device, a sharded mesh and many hosts.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from train import loss_scale as loss_scale_lib
 from train.state import TrainState
 
 MODEL_KWARGS = ('mask',)  # batch keys passed to the model besides ``inputs``
@@ -26,6 +26,23 @@ def _finite_flags(loss, grads) -> jax.Array:
   return jnp.stack([jnp.isfinite(loss)] + [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
+def make_loss_fn(model, task_fn: Callable, label_smoothing: float = 0.0) -> Callable:
+  """``(params, model_state, batch, rng) -> (loss_sum, (new_model_state, sums))``.
+
+  The loss is summed (not averaged) over examples so micro-batches and replicas
+  combine exactly; ``sums['loss'][1]`` is the example (or token) count.
+  """
+  def loss_fn(params, model_state, batch, rng):
+    variables = {'params': params, **model_state}
+    logits, new_model_state = model.apply(
+        variables, batch['inputs'], train=True, rngs={'dropout': rng},
+        mutable=list(model_state), **model_kwargs(batch))
+    loss, sums = task_fn(logits, batch, label_smoothing)
+    weight = sums['loss'][1]
+    return loss * weight, (new_model_state, sums)
+  return loss_fn
+
+
 def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
                     grad_accum_steps: int = 1, axis_name: str | None = None,
                     schedule: Callable | None = None):
@@ -37,25 +54,36 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
   path, where gradients and metrics are averaged over replicas with ``pmean``.
   ``schedule`` (step -> learning rate) only adds the rate to the metrics, so the
   loop never runs a separate device computation to log it.
-  """
-  def loss_fn(params, model_state, batch, rng):
-    variables = {'params': params, **model_state}
-    logits, new_model_state = model.apply(
-        variables, batch['inputs'], train=True, rngs={'dropout': rng},
-        mutable=list(model_state), **model_kwargs(batch))
-    loss, sums = task_fn(logits, batch, label_smoothing)
-    weight = sums['loss'][1]
-    # Sum (not mean) over examples so micro-batches and replicas combine exactly.
-    return loss * weight, (new_model_state, sums)
 
+  A state with a ``loss_scale`` (float16 runs) differentiates the scaled loss,
+  unscales the summed gradients once, skips the step and shrinks the scale if
+  they overflowed, and adds ``loss_scale`` and ``skipped_steps`` to the metrics.
+  """
+  loss_fn = make_loss_fn(model, task_fn, label_smoothing)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def scaled_loss_fn(params, model_state, batch, rng, ls):
+    loss_sum, aux = loss_fn(params, model_state, batch, rng)
+    return loss_scale_lib.scale(ls, loss_sum), (loss_sum, aux)
+
+  scaled_grad_fn = jax.value_and_grad(scaled_loss_fn, has_aux=True)
+
+  def grads_of(ls, params, model_state, batch, rng):
+    """``(loss_sum, model_state, sums, grads)``; under a loss scale ``ls`` the grads are scaled."""
+    if ls is None:
+      (loss_sum, (model_state, sums)), grads = grad_fn(params, model_state, batch, rng)
+    else:
+      (_, (loss_sum, (model_state, sums))), grads = scaled_grad_fn(
+          params, model_state, batch, rng, ls)
+    return loss_sum, model_state, sums, grads
 
   def train_step(state: TrainState, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:  # each replica draws its own dropout masks
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+    ls = state.loss_scale
     if grad_accum_steps == 1:
-      (loss_sum, (model_state, sums)), grads = grad_fn(state.params, state.model_state, batch, rng)
+      loss_sum, model_state, sums, grads = grads_of(ls, state.params, state.model_state, batch, rng)
     else:
       micro = jax.tree_util.tree_map(
           lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
@@ -63,15 +91,15 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
       def body(carry, xs):
         grads_acc, loss_acc, sums_acc, model_state = carry
         mb, i = xs
-        (loss_sum, (model_state, sums)), grads = grad_fn(
-            state.params, model_state, mb, jax.random.fold_in(rng, i))
+        loss_sum, model_state, sums, grads = grads_of(
+            ls, state.params, model_state, mb, jax.random.fold_in(rng, i))
         grads_acc = jax.tree_util.tree_map(jnp.add, grads_acc, grads)
         sums_acc = jax.tree_util.tree_map(jnp.add, sums_acc, sums)
         return (grads_acc, loss_acc + loss_sum, sums_acc, model_state), None
 
       zeros = jax.tree_util.tree_map(jnp.zeros_like, state.params)
-      sums0 = jax.eval_shape(lambda: grad_fn(state.params, state.model_state,
-                                             jax.tree_util.tree_map(lambda x: x[0], micro), rng)[0][1][1])
+      sums0 = jax.eval_shape(lambda: grads_of(ls, state.params, state.model_state,
+                                              jax.tree_util.tree_map(lambda x: x[0], micro), rng)[2])
       sums0 = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), sums0)
       (grads, loss_sum, sums, model_state), _ = jax.lax.scan(
           body, (zeros, jnp.zeros(()), sums0, state.model_state),
@@ -79,6 +107,8 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
     if axis_name is not None:
       grads, sums, loss_sum = jax.lax.psum((grads, sums, loss_sum), axis_name)
       model_state = jax.lax.pmean(model_state, axis_name)
+    if ls is not None:  # once, on the summed gradients: one overflow anywhere skips the step
+      grads = loss_scale_lib.unscale(ls, grads)
     n = jnp.maximum(sums['loss'][1], 1.0)
     grads = jax.tree_util.tree_map(lambda g: g / n, grads)
     loss = loss_sum / n
@@ -90,16 +120,25 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
     # step counter still advances (so data and rng stay aligned), and it is counted.
     new_state = jax.tree_util.tree_map(
         lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=new_state.step))
+    nonfinite = ~finite
+    if ls is not None:
+      # Overflowing scaled gradients are what loss scaling expects: skip and shrink.
+      # Only a non-finite loss, or an overflow at the smallest scale, is an error.
+      nonfinite = ~finite & (~flags[0] | ~loss_scale_lib.can_shrink(ls))
+      new_state = new_state.replace(loss_scale=loss_scale_lib.adjust(ls, finite))
     new_state = new_state.replace(
-        nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
-        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & ~finite,
+        nonfinite_steps=state.nonfinite_steps + nonfinite.astype(jnp.int32),
+        first_nonfinite_step=jnp.where((state.first_nonfinite_step < 0) & nonfinite,
                                        state.step, state.first_nonfinite_step),
-        first_nonfinite_what=jnp.where((state.first_nonfinite_step < 0) & ~finite,
+        first_nonfinite_what=jnp.where((state.first_nonfinite_step < 0) & nonfinite,
                                        jnp.argmin(flags).astype(jnp.int32),
                                        state.first_nonfinite_what))
     metrics = {k: s / jnp.maximum(w, 1e-12) for k, (s, w) in sums.items()}
     metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads)))
-    metrics['nonfinite'] = (~finite).astype(jnp.float32)
+    metrics['nonfinite'] = nonfinite.astype(jnp.float32)
+    if ls is not None:  # the trainer logs these two as their last value in each window
+      metrics['loss_scale'] = new_state.loss_scale.scale
+      metrics['skipped_steps'] = new_state.loss_scale.skipped_steps.astype(jnp.float32)
     if schedule is not None:
       metrics['learning_rate'] = jnp.asarray(schedule(state.step), jnp.float32)
     return new_state, metrics
