@@ -160,17 +160,15 @@ def report(rows, config, seq_len: int) -> str:
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  from absl import flags
+  from train.benchmark import parse_flags
   try:
     fv = _define_flags()  # a default config file is read (with overrides) right here
-    fv(argv)
-    config = fv.config
-    config.keys()
   except Exception as e:
     print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
     return 2
-  if not flags.FLAGS.is_parsed():  # libraries (grain) read absl's global flags
-    flags.FLAGS.mark_as_parsed()
+  config = parse_flags(fv, argv)
+  if config is None:
+    return 2
   from train.runtime import tune_malloc
   tune_malloc()  # as the trainer does: XLA:CPU temporaries stay mapped between steps
   rows = run(config, seq_len=fv.seq_len, steps=fv.steps, warmup=fv.warmup, rounds=fv.rounds,

@@ -18,7 +18,6 @@ compilation cache is never enabled, so the compile time is a real compile.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import sys
@@ -583,11 +582,12 @@ def _define_flags():
   return fv
 
 
-def main(argv=None) -> int:
-  argv = list(sys.argv if argv is None else argv)
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+def parse_flags(fv, argv):
+  """Parses ``argv`` into the flag set ``fv``; its ``config``, or None after one ``error:`` line.
+
+  Shared by the benchmark commands (experiments/bench_*.py) so bad flags read alike.
+  """
   from absl import flags
-  fv = _define_flags()
   try:
     fv(argv)
     config = fv.config
@@ -596,9 +596,19 @@ def main(argv=None) -> int:
     config.keys()
   except Exception as e:
     print(f'error: {str(e).splitlines()[0] if str(e) else type(e).__name__}', file=sys.stderr)
-    return 2
+    return None
   if not flags.FLAGS.is_parsed():  # libraries (grain) read absl's global flags
     flags.FLAGS.mark_as_parsed()
+  return config
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  fv = _define_flags()
+  config = parse_flags(fv, argv)
+  if config is None:
+    return 2
   from train.runtime import tune_malloc
   malloc_tuned = tune_malloc() if fv.tune_malloc else False  # before the backend's threads start
   from train import validate
