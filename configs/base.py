@@ -52,14 +52,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.eval_limit = 0              # >0: first N eval examples
   c.data.num_threads = 2             # grain read threads
   c.data.prefetch = 4                # batches prefetched in the background
+  # Padded text: training batches from length buckets, each padded to its bucket only
+  # (train/data/bucketing.py); e.g. (8, 16, 32) with seq_len 48 gives 4 step shapes. () = off.
+  c.data.bucket_boundaries = ()
+  c.data.mlm_rate = 0.15             # task='mlm': fraction of real tokens selected (80% [MASK], 10% random, 10% kept)
 
   c.init_from = ml_collections.config_dict.placeholder(str)  # a workdir or checkpoint to take params from
   c.mesh = ml_collections.ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})  # -1 fills the rest
   c.partition_rules = ()             # ((regex on param path, (axis names...)), ...) before the default FSDP rule
   c.parallelism = 'jit'              # jit (sharded, one step for every layout) | pmap
-  c.dtype = 'float32'                # compute dtype: float32 | bfloat16; params stay float32
+  c.dtype = 'float32'                # compute dtype: float32 | bfloat16 | float16; params stay float32
+  # float16 only: dynamic loss scaling (train/loss_scale.py); unset keys take the default shown.
+  c.loss_scale = ml_collections.ConfigDict()
+  c.loss_scale.initial = ml_collections.config_dict.placeholder(float)  # 2**15
+  c.loss_scale.period = ml_collections.config_dict.placeholder(int)     # 2000 finite steps, then grow
+  c.loss_scale.factor = ml_collections.config_dict.placeholder(float)   # 2.0: grow x2, halve on overflow
+  c.loss_scale.min = ml_collections.config_dict.placeholder(float)      # 1.0
   c.grad_accum_steps = 1
-  c.remat = 'none'                   # none | full | dots (Transformer)
+  c.remat = 'none'                   # none | full | dots (dots_with_no_batch_dims_saveable); Transformers
 
   c.log_every_steps = 50
   c.eval_every_steps = 0             # 0: only at the end

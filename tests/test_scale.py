@@ -131,3 +131,18 @@ def test_checkpoint_moves_between_meshes(tmp_path):
   assert out['step'] == 6
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5),
                          _params(out), _params(straight))
+
+
+def test_memory_report_is_logged_before_step_1_on_both_paths(tmp_path, caplog):
+  """The jit and the pmap path compile the step ahead and log its memory_analysis."""
+  import logging
+  caplog.set_level(logging.INFO)
+  for parallelism in ('jit', 'pmap'):
+    caplog.clear()
+    config = load_config('configs/default.py', 'tiny', num_train_steps=2, parallelism=parallelism)
+    trainer.train_and_evaluate(config, str(tmp_path / parallelism))
+    lines = [r.getMessage() for r in caplog.records]
+    report = [i for i, m in enumerate(lines) if 'compiled in' in m and 'peak ~' in m]
+    first_step = [i for i, m in enumerate(lines) if m.split(' ')[0] == 'step']
+    assert report, (parallelism, lines)
+    assert not first_step or report[0] < first_step[0], parallelism

@@ -56,10 +56,12 @@ def load(workdir: str, num_examples: int, stats_examples: int, data_dir: str | N
   from train import posttrain
   from train.data import sources
   from train.trainer import build_model
+  from train.workdir import check_config_paths
   config = posttrain.read_config(workdir)
   params, model_state, step = posttrain.load_variables(workdir)
   if data_dir:
     config.data.dir = data_dir
+  check_config_paths(config)  # the run's data paths are only read
   want = max(num_examples, stats_examples)
   limit = config.data.get('eval_limit', 0)
   config.data.eval_limit = min(limit, want) if limit else want  # read only what is shown

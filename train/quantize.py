@@ -102,12 +102,14 @@ def quantize_run(workdir: str, out: str | None = None, data_dir: str | None = No
   """
   from train import posttrain
   from train.data import sources
+  from train.workdir import check_config_paths
   config = posttrain.read_config(workdir)
   if config.task not in posttrain.CLASSIFIER_TASKS:
     raise ValueError(f'{workdir} trained task {config.task!r}; quantization is '
                      f'evaluated on classifiers ({", ".join(posttrain.CLASSIFIER_TASKS)})')
   if data_dir:
     config.data.dir = data_dir
+  check_config_paths(config)  # the run's data paths are only read
   splits = sources.load_splits(config.data)
   run = posttrain.load_run(workdir, splits.info)
   out = out or os.path.join(workdir, 'params_int8.safetensors')

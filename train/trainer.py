@@ -19,11 +19,17 @@ import numpy as np
 
 import models
 from train import checkpoint as ckpt_lib
+from train import loss_scale as loss_scale_lib
 from train import metrics as metrics_lib
 from train import optim, pmap_path, steps, tasks
 from train import sharding as sharding_lib
-from train.data import pipeline, sources
+from train import workdir as workdir_lib
+from train.data import bucketing, pipeline, sources
 from train.state import make_init_fn, nonfinite_name
+
+
+# Train metrics logged as their value at the window's last step, not its mean.
+LAST_VALUE_METRICS = ('learning_rate', 'loss_scale', 'skipped_steps')
 
 
 class NonFiniteError(RuntimeError):
@@ -70,6 +76,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   """
   control = control or RunControl()
   is_main = jax.process_index() == 0
+  workdir_lib.check_config_paths(config)  # config paths are only read; TFDS would write to one
   os.makedirs(workdir, exist_ok=True)
 
   # Data.
@@ -85,9 +92,17 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   if config.data.augment != 'none':
     from train.data.augment import AUGMENTATIONS
     augment = AUGMENTATIONS[config.data.augment]
+  if config.task == 'mlm':  # train/mlm.py: BERT masking, redrawn per read in training, fixed in eval
+    from train import mlm
+    splits, augment = mlm.prepare(splits, config, augment)
   train_ds = pipeline.train_dataset(
       splits.train, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count(), augment=augment)
+      process_index=jax.process_index(), process_count=jax.process_count(), augment=augment,
+      bucket_boundaries=config.data.bucket_boundaries)
+  # Length buckets give one batch shape per bucket length; the longest is compiled first.
+  bucket_lengths = pipeline.train_lengths(splits.train, config.data.bucket_boundaries)
+  longest_batch = (bucketing.shape_variants(train_ds[0], bucket_lengths[-1:])[0] if bucket_lengths
+                   else train_ds[0])
 
   if is_main:
     save_config(config, workdir)
@@ -103,15 +118,16 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   example = {k: v[:1] for k, v in train_ds[0].items()}
-  init_fn = make_init_fn(model, tx, example)
+  init_fn = make_init_fn(model, tx, example, loss_scale_lib.from_config(config))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   if use_pmap:  # built and checkpointed on one device, then replicated for the steps
     single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     state_shardings = jax.tree_util.tree_map(lambda _: single, abstract_state)
   else:
     state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
-                                       best_metric=config.keep_best_by)
+  best = config.keep_best_by
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=best,
+                                       best_mode='min' if best and 'loss' in best else 'max')
   restored = checkpointer.restore_latest(
       ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), control.restore_fallback)
   data_state = None
@@ -131,11 +147,21 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   step_kw = dict(label_smoothing=config.label_smoothing, grad_accum_steps=config.grad_accum_steps,
                  schedule=schedule)
   if use_pmap:
-    compiled = pmap_path.pmap_train_step(
+    pmapped = pmap_path.pmap_train_step(
         steps.make_train_step(model, task_fn, axis_name=pmap_path.AXIS, **step_kw))
     eval_step = pmap_path.pmap_eval_step(steps.make_eval_step(model, task_fn, pmap_path.AXIS))
     put_batch = pmap_path.put_batch
     state = pmap_path.replicate(state)
+    # Compiled ahead too, for the memory report; other shapes (buckets) go through pmap.
+    t0 = time.perf_counter()
+    example = put_batch({k: np.zeros(np.shape(v), np.asarray(v).dtype)
+                         for k, v in longest_batch.items()})
+    aot_step, aot_key = pmapped.lower(state, example, step_rng).compile(), _shape_key(example)
+    logging.info('train step (pmap) for inputs %s compiled in %.1fs; %s', example['inputs'].shape,
+                 time.perf_counter() - t0, memory_report(aot_step))
+
+    def compiled(state, batch, rng):
+      return (aot_step if _shape_key(batch) == aot_key else pmapped)(state, batch, rng)
   else:
     train_step = jax.jit(
         steps.make_train_step(model, task_fn, **step_kw),
@@ -144,13 +170,25 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     eval_step = jax.jit(steps.make_eval_step(model, task_fn),
                         in_shardings=(state_shardings, batch_sharding))
     put_batch = lambda b: sharding_lib.shard_batch(b, batch_sharding)
-    abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
-                                              sharding=batch_sharding)
-                      for k, v in train_ds[0].items()}
-    t0 = time.perf_counter()
-    compiled = train_step.lower(state, abstract_batch, step_rng).compile()
-    logging.info('train step compiled in %.1fs; %s', time.perf_counter() - t0,
-                 memory_report(compiled))
+    by_shape = {}  # one compiled step per batch shape (bucket length)
+
+    def compile_for(state, batch):
+      t0 = time.perf_counter()
+      step_fn = train_step.lower(state, batch, step_rng).compile(
+          compiler_options=remat_compiler_options(config))
+      by_shape[_shape_key(batch)] = step_fn
+      logging.info('train step for inputs %s compiled in %.1fs; %s', batch['inputs'].shape,
+                   time.perf_counter() - t0, memory_report(step_fn))
+      return step_fn
+
+    # The longest shape compiles now (its memory is the peak); other buckets when first met.
+    compile_for(state, {k: jax.ShapeDtypeStruct((config.batch_size,) + v.shape[1:], v.dtype,
+                                                sharding=batch_sharding)
+                        for k, v in longest_batch.items()})
+
+    def compiled(state, batch, rng):
+      step_fn = by_shape.get(_shape_key(batch)) or compile_for(state, batch)
+      return step_fn(state, batch, rng)
   # What checkpoints store: the state itself, or the first replica on the pmap path.
   host_state = pmap_path.unreplicate if use_pmap else (lambda s: s)
 
@@ -210,7 +248,9 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
         host = jax.device_get(pending)
         pending = []
         logged = {f'train/{k}': float(np.mean([h[k] for h in host])) for k in host[0]}
-        logged['train/learning_rate'] = float(np.mean(host[-1]['learning_rate']))
+        for k in LAST_VALUE_METRICS:  # a state, not a per-step figure: its value now
+          if k in host[-1]:
+            logged[f'train/{k}'] = float(np.mean(host[-1][k]))
         logged.update(progress.update(step, logged))
         writer.write(step, logged)
         check_finite(state, step)
@@ -239,6 +279,25 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   if is_main and config.plots and not stopped_early:
     metrics_lib.plot_curves(workdir)
   return {'step': step, 'stopped_early': stopped_early, **eval_metrics, 'state': host_state(state)}
+
+
+def _shape_key(batch) -> tuple:
+  """The batch's (key, shape) pairs, sorted: which compiled step (bucket length) it needs."""
+  return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+
+
+def remat_compiler_options(config, backend: str | None = None) -> dict | None:
+  """XLA options that make ``config.remat`` save memory on the CPU backend, else None.
+
+  XLA:CPU removes the optimisation barriers that ``jax.checkpoint`` puts around the
+  recomputation (its ``cse_barrier_expander`` pass) before it schedules, so the
+  recomputed forward is scheduled early and every layer's activations stay live:
+  no saving, only the extra FLOPs. With that pass off the barriers stay, and so
+  does the saving (experiments/README.md). GPU and TPU keep the barriers anyway.
+  """
+  if config.remat == 'none' or (backend or jax.default_backend()) != 'cpu':
+    return None
+  return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def memory_report(compiled) -> str:

@@ -1,15 +1,17 @@
 """Checks a config before anything is compiled; each problem is one line."""
 from __future__ import annotations
 
+import math
+
 import jax
 
 import models
-from train import optim, sharding, tasks
+from models.transformer import REMAT
+from train import loss_scale, optim, sharding, tasks
 from train.data import sources
 
-DTYPES = ('float32', 'bfloat16')  # float16 needs loss scaling, which is not built yet
+DTYPES = ('float32', 'bfloat16', 'float16')  # float16 with dynamic loss scaling
 TOKENIZERS = ('char', 'byte', 'word', 'wordpiece')
-REMAT = ('none', 'full', 'dots')
 
 
 class ConfigError(ValueError):
@@ -19,6 +21,24 @@ class ConfigError(ValueError):
 def _need(cond: bool, message: str) -> None:
   if not cond:
     raise ConfigError(message)
+
+
+def _check_loss_scale(c) -> None:
+  """``loss_scale.*``: only with float16, and values a dynamic scale can run with."""
+  ls = c.get('loss_scale')
+  if ls is None:
+    return
+  given = sorted(k for k, v in ls.items() if v is not None)
+  _need(not given or c.dtype == 'float16',
+        f'{", ".join("loss_scale." + k for k in given)}: only used with dtype=float16 '
+        f'(dynamic loss scaling), but dtype is {c.dtype!r}')
+  s = loss_scale.settings(c)
+  _need(math.isfinite(s['initial']) and 0 < s['initial'] <= 2.0 ** 100,
+        f'loss_scale.initial must be in (0, 2**100], got {s["initial"]}')
+  _need(s['period'] >= 1, f'loss_scale.period must be >= 1, got {s["period"]}')
+  _need(s['factor'] >= 1, f'loss_scale.factor must be >= 1 (1: a static scale), got {s["factor"]}')
+  _need(0 < s['min'] <= s['initial'],
+        f'loss_scale.min must be in (0, loss_scale.initial={s["initial"]}], got {s["min"]}')
 
 
 def check_config(config) -> None:
@@ -47,6 +67,7 @@ def check_config(config) -> None:
   _need(c.parallelism in ('jit', 'pmap'), f"parallelism must be 'jit' or 'pmap', got {c.parallelism!r}")
   _need(c.on_nonfinite in ('stop', 'skip'), f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
   _need(c.grad_accum_steps >= 1, f'grad_accum_steps must be >= 1, got {c.grad_accum_steps}')
+  _check_loss_scale(c)
   for key in ('b1', 'b2', 'momentum'):
     v = c.optimizer[key]
     _need(0 <= v < 1, f'optimizer.{key} must be in [0, 1), got {v}')
@@ -58,12 +79,25 @@ def check_config(config) -> None:
   _need(d.vocab_size > 0, f'data.vocab_size must be positive, got {d.vocab_size}')
   for key in ('num_threads', 'prefetch', 'train_limit', 'eval_limit'):
     _need(d[key] >= 0, f'data.{key} must be >= 0, got {d[key]}')
+  bounds = tuple(d.get('bucket_boundaries', ()))
+  _need(all(isinstance(b, int) and b > 0 for b in bounds) and list(bounds) == sorted(set(bounds)),
+        f'data.bucket_boundaries must be increasing positive integers, got {bounds}')
+  _need(0 < d.get('mlm_rate', 0.15) < 1, f'data.mlm_rate must be in (0, 1), got {d.get("mlm_rate")}')
 
   name = c.model.name
   _need(name in models.REGISTRY,
         f'unknown model.name {name!r}; known: {", ".join(sorted(models.REGISTRY))}')
   extra = {k for k, v in c.model.items() if v is not None} - {'name'} - models.field_names(name)
   _need(not extra, f'model {name!r} has no hyper-parameter(s) {sorted(extra)}')
+  # The trainer passes remat only to models that take it; elsewhere it would be silently ignored.
+  _need(c.remat == 'none' or 'remat' in models.field_names(name),
+        f"remat={c.remat!r}: model {name!r} has no remat (the Transformer models do); use remat='none'")
+  # jax.nn.dot_product_attention asks for a float16 x float16 -> float32 dot, which XLA:CPU
+  # refuses at compile time (jax 0.10); GPUs run it. Said here, in one line, before any compile.
+  _need(not (c.dtype == 'float16' and 'attention_impl' in models.field_names(name)
+             and jax.default_backend() == 'cpu'),
+        f"dtype='float16': XLA:CPU has no float16 attention (model {name!r}); "
+        f"use bfloat16 on CPU, float16 on a GPU")
   _need(c.data.name in sources.LOADERS,
         f'unknown data.name {c.data.name!r}; known: {", ".join(sorted(sources.LOADERS))}')
   if c.data.augment != 'none':

@@ -7,37 +7,61 @@ batch exactly once; optional random augmentation seeded per example; batches wit
 random access, the iterator's state is a single index: saved in the checkpoint, it
 resumes at exactly the batch an uninterrupted run would have read next.
 
+Training with ``bucket_boundaries`` (padded text): batches drawn from length
+buckets and padded only to their bucket's length (:mod:`train.data.bucketing`);
+still random access, so resume and host sharding work the same way.
+
 Evaluation: the split in order, padded with ``valid=False`` copies up to a whole
 number of global batches, so every example is evaluated exactly once.
 """
 from __future__ import annotations
 
 import collections
-import threading
-from typing import Any, Callable, Iterator
+import sys
+from typing import Any, Callable, Iterator, Sequence
 
 import grain
 import jax
 import numpy as np
 
+from train.data import bucketing
 from train.data.base import Source
 
 
 def train_dataset(source: Source, *, global_batch_size: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  augment: Callable | None = None) -> grain.MapDataset:
-  """The infinite, shuffled, host-sharded, batched training dataset (random access)."""
+                  augment: Callable | None = None,
+                  bucket_boundaries: Sequence[int] = ()) -> grain.MapDataset:
+  """The infinite, shuffled, host-sharded, batched training dataset (random access).
+
+  ``bucket_boundaries`` (e.g. ``(8, 16, 32)``; empty = off) batches token
+  sequences by length, each batch padded to its bucket's length only, with a
+  ``valid`` flag per example; see :func:`train_lengths` for the lengths in use.
+  """
   if global_batch_size % process_count:
     raise ValueError(f'batch_size {global_batch_size} is not divisible by the '
                      f'{process_count} processes')
   if len(source) < global_batch_size:
     raise ValueError(f'the training split has {len(source)} examples, fewer than one '
                      f'batch of {global_batch_size}')
+  lengths = train_lengths(source, bucket_boundaries)
+  if lengths:
+    return grain.MapDataset.range(sys.maxsize).map(bucketing.BucketBatches(
+        source, global_batch_size=global_batch_size, lengths=lengths, seed=seed,
+        process_index=process_index, process_count=process_count, augment=augment))
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
   ds = ds[process_index::process_count]
   if augment is not None:
     ds = ds.random_map(augment)
   return ds.batch(global_batch_size // process_count, drop_remainder=True, batch_fn=_stack)
+
+
+def train_lengths(source: Source, bucket_boundaries: Sequence[int]) -> tuple[int, ...]:
+  """The sequence lengths of bucketed training batches; ``()`` when bucketing is off."""
+  if not bucket_boundaries:
+    return ()
+  seq_len = np.shape(source[0]['inputs'])[0]
+  return bucketing.bucket_lengths(bucket_boundaries, seq_len)
 
 
 def train_iterator(ds: grain.MapDataset, *, num_threads: int = 2, prefetch: int = 4,

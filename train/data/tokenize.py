@@ -115,6 +115,10 @@ class WordPieceEncoder:
       raise DataError(f'{file}: tokenizer file not found (data.tokenizer_path)')
     self.path = str(file)
     self.tokenizer = Tokenizer.from_file(self.path)
+    # Some tokenizer.json files (all-MiniLM-L6-v2's) pad every text to a fixed 128 ids and
+    # truncate there; :func:`pad` does both here, so the mask marks only real tokens.
+    self.tokenizer.no_padding()
+    self.tokenizer.no_truncation()
     self.cls_id, self.sep_id = (self._id('[CLS]'), self._id('[SEP]'))
     pad_id = self.tokenizer.token_to_id('[PAD]')
     self.pad_id = 0 if pad_id is None else pad_id
