@@ -75,6 +75,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0             # 0: only at the end
   c.checkpoint_every_steps = 0       # 0: only at the end
   c.keep_checkpoints = 3
+  # True: training goes on while a checkpoint is written, so a kill can lose one interval plus
+  # the steps taken during that save; False: each save finishes first (at most one interval).
+  c.checkpoint_async = True
   c.keep_best_by = ml_collections.config_dict.placeholder(str)  # e.g. 'eval/accuracy': also keep the best
   c.eval_batch_size = 0              # 0: same as batch_size
   c.on_nonfinite = 'stop'            # stop | skip

@@ -110,6 +110,7 @@ class Checkpointer:
     self._unsummed: list[int] = []   # saves whose checksums are not recorded yet
     self._best_pending: int | None = None
     self._failed = False
+    self.async_save = async_save
     self.best_metric = best_metric
     self.best = None
     self.best_directory = os.path.abspath(os.path.join(workdir, BEST_DIR))
@@ -211,6 +212,8 @@ class Checkpointer:
                               data=ocp.args.JsonSave(data_state or {}))
     with self._writing(step):
       self.manager.save(step, args=args, force=True)
+    if not self.async_save:  # complete, checksums included, before training goes on
+      self._record_checksums()
     if self.best is not None and metrics and self.best_metric in metrics:
       self._wait_best()
       self._best_pending = step

@@ -127,7 +127,8 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
   best = config.keep_best_by
   checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints, best_metric=best,
-                                       best_mode='min' if best and 'loss' in best else 'max')
+                                       best_mode='min' if best and 'loss' in best else 'max',
+                                       async_save=config.checkpoint_async)
   restored = checkpointer.restore_latest(
       ckpt_lib.abstract_with_shardings(abstract_state, state_shardings), control.restore_fallback)
   data_state = None
