@@ -225,16 +225,16 @@ def test_failed_checksum_write_leaves_no_partial_file(tmp_path, monkeypatch):
   workdir = str(tmp_path / 'run')
   ckpt = ckpt_lib.Checkpointer(workdir, async_save=False)
   ckpt.save(1, {'w': np.ones(3, np.float32)}, {})
-  ckpt.save(2, {'w': np.full(3, 2, np.float32)}, {})
 
   def full(obj, f):
     f.write('{"half": ')
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   monkeypatch.setattr(ckpt_lib.json, 'dump', full)
+  # A synchronous save writes its checksums before it returns, so the failure surfaces here.
   with pytest.raises(ckpt_lib.CheckpointSaveError,
                      match=r'cannot save the checksums of checkpoint step 2 in .*ENOSPC.*'
                            r'checkpoint step 2 is kept'):
-    ckpt.wait()
+    ckpt.save(2, {'w': np.full(3, 2, np.float32)}, {})
   ckpt.close()
   monkeypatch.undo()
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoint_checksums'))) == ['1.json']
