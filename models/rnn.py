@@ -222,6 +222,10 @@ class RNNClassifier(nn.Module):
   cell: str = 'lstm'
   bidirectional: bool = False
   dropout_rate: float = 0.0
+  # Word dropout (Iyyer et al. 2015; flax examples/sst2 uses 0.1): in training each real
+  # token becomes ``unk_id`` with this probability, so no single word decides a sentence.
+  word_dropout_rate: float = 0.0
+  unk_id: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -229,6 +233,10 @@ class RNNClassifier(nn.Module):
   def __call__(self, tokens, mask=None, train: bool = False):
     lengths = _lengths(tokens, mask)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+    if train and self.word_dropout_rate > 0:
+      hit = jax.random.bernoulli(self.make_rng('dropout'), self.word_dropout_rate, tokens.shape)
+      real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+      tokens = jnp.where(hit & real, self.unk_id, tokens)
     x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
                  param_dtype=self.param_dtype)(tokens)
     x = drop(x)

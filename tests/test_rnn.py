@@ -217,6 +217,33 @@ def test_dropout_only_in_train_mode():
   assert not np.allclose(train_a, eval_out) and not np.allclose(train_a, train_b)
 
 
+def test_word_dropout_replaces_real_tokens_with_unk_only_in_training():
+  model = rnn.RNNClassifier(bidirectional=True, word_dropout_rate=1.0, unk_id=1, **SMALL)
+  tokens, mask = _tokens(np.random.default_rng(6), [5, 2, 4], 6)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  plain = rnn.RNNClassifier(bidirectional=True, **SMALL)
+  # Rate 1: every real token is <unk>, the padding is untouched.
+  all_unk = np.where(mask, 1, tokens).astype(np.int32)
+  np.testing.assert_allclose(
+      model.apply(variables, tokens, mask, train=True, rngs={'dropout': jax.random.key(1)}),
+      plain.apply(variables, all_unk, mask), rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(model.apply(variables, tokens, mask),
+                                plain.apply(variables, tokens, mask))  # eval: no word dropout
+  # Rate 0.5: about half the real tokens change, under the dropout rng.
+  half = rnn.RNNClassifier(word_dropout_rate=0.5, **SMALL)
+  big = np.random.default_rng(7).integers(2, 50, (64, 32)).astype(np.int32)
+  seen = {}
+  def spy(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Embed) and context.method_name == '__call__':
+      seen['tokens'] = np.asarray(args[0])
+    return next_fun(*args, **kwargs)
+  with nn.intercept_methods(spy):
+    half.init_with_output({'params': jax.random.key(0), 'dropout': jax.random.key(3)}, big,
+                          train=True)
+  frac = (seen['tokens'] == 1).mean()
+  assert 0.45 < frac < 0.55 and np.all((seen['tokens'] == big) | (seen['tokens'] == 1))
+
+
 def test_unknown_cell_is_an_error():
   with pytest.raises(ValueError, match='unknown cell'):
     rnn.RNNLM(cell='rnn', **SMALL).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
