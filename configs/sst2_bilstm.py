@@ -19,9 +19,13 @@ def get_config(arg: str | None = None):
   c.data.tokenizer = 'word'
   c.data.vocab_size = 20000
   c.data.seq_len = 48
+  c.data.bucket_boundaries = (8, 16, 32)  # 2.45x the examples/s of padding all to 48
   set_model(c, 'bilstm_classifier')
+  # Chosen on :val (the last 10% of train), never on dev: word dropout 0.1 (as flax's sst2
+  # example) with 3 epochs 92.07%; without it, 2 epochs 91.51%; with it, 2 epochs 91.17%.
+  c.model.word_dropout_rate = 0.1
   c.batch_size = 64
-  c.num_epochs = 2
+  c.num_epochs = 3
   c.learning_rate = 1e-3
   c.optimizer.weight_decay = 1e-4
   c.optimizer.grad_clip_norm = 1.0
@@ -35,4 +39,5 @@ def get_config(arg: str | None = None):
   if 'tiny' in args:
     make_tiny(c)
     c.model.embed_dim, c.model.hidden_size = 16, 16
+    c.data.bucket_boundaries = ()  # one step compile
   return c
