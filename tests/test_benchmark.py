@@ -85,3 +85,12 @@ def test_parse_variant():
       'x:dtype=bfloat16,batch_size=64,xla_cpu_enable_fast_math=true')
   assert name == 'x' and overrides == {'dtype': 'bfloat16', 'batch_size': 64}
   assert options == {'xla_cpu_enable_fast_math': True}
+
+
+def test_in_process_call_takes_config_overrides(capsys):
+  """``main(argv)`` defines the ``--config.KEY`` overrides of ``argv``, not of ``sys.argv``."""
+  assert benchmark.main(['benchmark', '--config', 'configs/default.py', '--config.batch_size=16',
+                         '--steps', '2', '--warmup', '1', '--rounds', '1', '--matmul_size', '256',
+                         '--json']) == 0
+  result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert result['batch_size'] == 16

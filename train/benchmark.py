@@ -555,12 +555,13 @@ def report(r: dict) -> str:
   return '\n'.join(lines)
 
 
-def _define_flags():
+def _define_flags(argv):
   from absl import flags
   from ml_collections import config_flags
   fv = flags.FlagValues()
+  # ``sys_argv``: the overrides to define are the ones in ``argv`` (an in-process call's too).
   config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist_cnn.py.',
-                                  lock_config=True, flag_values=fv)
+                                  lock_config=True, flag_values=fv, sys_argv=list(argv))
   flags.DEFINE_integer('steps', 20, 'Timed steps (the median is reported).', flag_values=fv)
   flags.DEFINE_integer('warmup', 3, 'Untimed steps after the compile.', flag_values=fv)
   flags.DEFINE_integer('matmul_size', 2048, 'Side of the square matmul that measures the peak.',
@@ -605,7 +606,7 @@ def parse_flags(fv, argv):
 def main(argv=None) -> int:
   argv = list(sys.argv if argv is None else argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  fv = _define_flags()
+  fv = _define_flags(argv)
   config = parse_flags(fv, argv)
   if config is None:
     return 2

@@ -27,10 +27,6 @@ import jax
 import numpy as np
 
 
-def _size(tree) -> int:
-  return int(sum(np.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def _matmul_flops(fn, *args) -> int:
   """FLOPs of every dot and convolution ``fn`` runs (a scan's body ``length`` times)."""
   from train.benchmark import jaxpr_matmul_flops
@@ -41,9 +37,10 @@ def summarize(config, depth: int = 2) -> dict:
   """Per-module parameter counts and per-example FLOPs of the model ``config`` trains.
 
   Returns ``{'model', 'input_shape', 'tokens_per_example', 'params', 'model_state',
-  'fwd_flops', 'train_flops', 'rows': [{'path', 'call', 'params', 'fwd_flops', 'train_flops'}]}``, FLOPs per
-  example. ``rows`` are in call order, the root (path ``''``) first; a module's second
-  call has its method in ``call`` and no parameters (they are counted at its first).
+  'fwd_flops', 'train_flops', 'rows': [{'path', 'call', 'params', 'fwd_flops',
+  'train_flops'}]}``, FLOPs per example. ``rows`` are in call order, the root (path
+  ``''``) first; a module's second call has its method in ``call`` and no parameters
+  (they are counted at its first).
   """
   from flax.linen import summary as flax_summary
   from train import benchmark, trainer
@@ -53,7 +50,7 @@ def summarize(config, depth: int = 2) -> dict:
   model = trainer.build_model(config, info)
   rng = jax.random.key(config.seed)
   variables = jax.eval_shape(lambda r: init_variables(model, example, r), rng)
-  total = _size(variables['params'])
+  total = benchmark.param_count(variables['params'])
   kwargs = {'mask': example['mask']} if 'mask' in example else {}
   # Flax's module table traces the model abstractly, once per module call, and costs each
   # call; we cost it by counting the jaxpr's matmuls rather than by XLA's cost analysis,
@@ -70,8 +67,9 @@ def summarize(config, depth: int = 2) -> dict:
     again = path in seen
     seen.add(path)
     params = {} if again else row.counted_variables.get('params', {})
-    rows.append({'path': path, 'call': row.method if again else None, 'params': _size(params),
-                 'fwd_flops': float(row.flops), 'train_flops': float(row.vjp_flops)})
+    rows.append({'path': path, 'call': row.method if again else None,
+                 'params': benchmark.param_count(params), 'fwd_flops': float(row.flops),
+                 'train_flops': float(row.vjp_flops)})
   # A row counts its own variables and, at the depth limit, its submodules': rows at every
   # depth therefore partition the tree, and must add up to it exactly.
   if sum(r['params'] for r in rows) != total:
@@ -82,7 +80,8 @@ def summarize(config, depth: int = 2) -> dict:
   tokens = int(np.prod(x.shape[1:])) if benchmark.is_sequence_model(example) else None
   return {'model': config.model.name, 'input_shape': list(x.shape[1:]), 'input_dtype': str(x.dtype),
           'tokens_per_example': tokens, 'params': total,
-          'model_state': _size({k: v for k, v in variables.items() if k != 'params'}),
+          'model_state': benchmark.param_count(
+              {k: v for k, v in variables.items() if k != 'params'}),
           'fwd_flops': root['fwd_flops'], 'train_flops': root['train_flops'], 'rows': rows}
 
 
@@ -97,7 +96,8 @@ def format_table(s: dict) -> str:
   total = s['params']
   lines = [f"model {s['model']}: input {tuple(s['input_shape'])} {s['input_dtype']}, "
            f"FLOPs per example (multiply-add = 2)",
-           f"{'module':40s} {'params':>14s} {'share':>7s} {'fwd MFLOPs':>13s} {'train MFLOPs':>13s}"]
+           f"{'module':40s} {'params':>14s} {'share':>7s} {'fwd MFLOPs':>13s} "
+           f"{'train MFLOPs':>13s}"]
   for r in s['rows']:
     n = subtree_params(s['rows'], r['path']) if not r['call'] else 0
     if r['path'] and not n and not r['fwd_flops']:
@@ -110,8 +110,8 @@ def format_table(s: dict) -> str:
                  f"{r['fwd_flops'] / 1e6:13,.1f} {r['train_flops'] / 1e6:13,.1f}")
   lines.append(f"total: {total:,} parameters ({total * 4 / 2**20:,.1f} MiB as float32)"
                + (f", {s['model_state']:,} non-trainable state values" if s['model_state'] else ''))
-  per = f"{s['fwd_flops'] / 1e9:,.3f} GFLOPs forward, {s['train_flops'] / 1e9:,.3f} GFLOPs train step"
-  lines.append(f'per example: {per}')
+  lines.append(f"per example: {s['fwd_flops'] / 1e9:,.3f} GFLOPs forward, "
+               f"{s['train_flops'] / 1e9:,.3f} GFLOPs train step")
   if s['tokens_per_example']:
     t = s['tokens_per_example']
     lines.append(f"per token ({t} per example): {s['fwd_flops'] / t / 1e6:,.1f} MFLOPs forward, "
