@@ -128,7 +128,7 @@ class Transformer(nn.Module):
   position: str = 'learned'
   remat: str = 'none'
   decode: bool = False
-  attention_impl: str = 'auto'  # auto (cuDNN flash on GPU in half precision, else XLA) | xla | cudnn
+  attention_impl: str = 'auto'  # auto (cuDNN flash on GPU in half precision, else xla) | xla | jax | cudnn
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 

@@ -239,7 +239,8 @@ def test_pmap_and_grad_accumulation_agree_with_the_jit_step(tmp_path):
     ({'dtype': 'float16', 'loss_scale.factor': 0.5}, 'loss_scale.factor must be >= 1'),
     ({'dtype': 'float16', 'loss_scale.min': 2.0 ** 20}, 'loss_scale.min must be in'),
     ({'dtype': 'float8'}, 'dtype must be one of'),
-    ({'dtype': 'float16', 'model.name': 'transformer_lm'}, 'XLA:CPU has no float16 attention'),
+    ({'dtype': 'float16', 'model.name': 'transformer_lm', 'model.attention_impl': 'jax'},
+     "attention_impl='jax': XLA:CPU has no float16 dot"),
 ])
 def test_impossible_loss_scale_settings_are_one_line_errors(overrides, message):
   c = load_config('configs/seed_fnn.py', 'tiny', **overrides)

@@ -92,12 +92,12 @@ def check_config(config) -> None:
   # The trainer passes remat only to models that take it; elsewhere it would be silently ignored.
   _need(c.remat == 'none' or 'remat' in models.field_names(name),
         f"remat={c.remat!r}: model {name!r} has no remat (the Transformer models do); use remat='none'")
-  # jax.nn.dot_product_attention asks for a float16 x float16 -> float32 dot, which XLA:CPU
-  # refuses at compile time (jax 0.10); GPUs run it. Said here, in one line, before any compile.
-  _need(not (c.dtype == 'float16' and 'attention_impl' in models.field_names(name)
+  # jax.nn.dot_product_attention (attention_impl='jax') asks for a float16 x float16 -> float32
+  # dot, which XLA:CPU refuses at compile time (jax 0.10); our 'xla' path and GPUs run it.
+  _need(not (c.dtype == 'float16' and c.model.get('attention_impl') == 'jax'
              and jax.default_backend() == 'cpu'),
-        f"dtype='float16': XLA:CPU has no float16 attention (model {name!r}); "
-        f"use bfloat16 on CPU, float16 on a GPU")
+        f"dtype='float16' with attention_impl='jax': XLA:CPU has no float16 dot with float32 "
+        f"accumulation there; use attention_impl='xla' (or auto) on CPU")
   _need(c.data.name in sources.LOADERS,
         f'unknown data.name {c.data.name!r}; known: {", ".join(sorted(sources.LOADERS))}')
   if c.data.augment != 'none':
