@@ -212,6 +212,10 @@ class RNNClassifier(nn.Module):
   position ``length - 1``, concatenated, when bidirectional, with the backward state at
   position 0 (the backward RNN's state after reading the whole real sequence), so
   appending padding or changing padded tokens leaves the logits unchanged.
+  ``pooling='attention'`` instead summarises with additive attention over the real
+  positions' outputs (scores from ``tanh(W y)``, no query; Bahdanau et al. 2015, as
+  flax examples/sst2 does) and classifies with a ``tanh`` hidden layer of
+  ``hidden_size`` units: every position can speak, not only the two ends.
   Returns ``[B, num_classes]`` float32 logits, or ``[B]`` when ``num_classes == 1``.
   """
   vocab_size: int = 20000
@@ -226,11 +230,14 @@ class RNNClassifier(nn.Module):
   # token becomes ``unk_id`` with this probability, so no single word decides a sentence.
   word_dropout_rate: float = 0.0
   unk_id: int = 1
+  pooling: str = 'last'  # or 'attention'
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens, mask=None, train: bool = False):
+    if self.pooling not in ('last', 'attention'):
+      raise ValueError(f"pooling must be 'last' or 'attention', got {self.pooling!r}")
     lengths = _lengths(tokens, mask)
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
     if train and self.word_dropout_rate > 0:
@@ -242,14 +249,26 @@ class RNNClassifier(nn.Module):
     x = drop(x)
     y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, self.bidirectional,
                    self.dropout_rate, self.dtype, self.param_dtype, name='encoder')(x, lengths, train)
-    # Empty sequences (eval padding) read position 0 rather than wrapping to -1.
-    last = jnp.maximum(lengths - 1, 0)
-    h = jnp.take_along_axis(y, last[:, None, None], axis=1)[:, 0]
-    if self.bidirectional:
-      h = jnp.concatenate([h[:, :self.hidden_size], y[:, 0, self.hidden_size:]], axis=-1)
-    h = drop(h)
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                      name='head')(h).astype(jnp.float32)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    if self.pooling == 'attention':
+      y = drop(y)
+      real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+      scores = dense(1, use_bias=False, name='attn_score')(
+          jnp.tanh(dense(self.hidden_size, use_bias=False, name='attn_hidden')(y)))[..., 0]
+      # Empty sequences (eval padding) keep position 0 so the softmax stays finite.
+      real = real.at[:, 0].set(True)
+      weights = jax.nn.softmax(jnp.where(real, scores.astype(jnp.float32), -jnp.inf), axis=-1)
+      self.sow('intermediates', 'attention', weights)
+      h = jnp.einsum('bt,btd->bd', weights.astype(y.dtype), y)
+      h = drop(jnp.tanh(dense(self.hidden_size, name='pre_head')(drop(h))))
+    else:
+      # Empty sequences (eval padding) read position 0 rather than wrapping to -1.
+      last = jnp.maximum(lengths - 1, 0)
+      h = jnp.take_along_axis(y, last[:, None, None], axis=1)[:, 0]
+      if self.bidirectional:
+        h = jnp.concatenate([h[:, :self.hidden_size], y[:, 0, self.hidden_size:]], axis=-1)
+      h = drop(h)
+    logits = dense(self.num_classes, name='head')(h).astype(jnp.float32)
     return logits[:, 0] if self.num_classes == 1 else logits
 
 

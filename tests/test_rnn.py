@@ -65,10 +65,12 @@ def test_binary_classifier_gives_one_logit_per_example():
   assert model.apply(variables, tokens, mask).shape == (2,)
 
 
-@pytest.mark.parametrize('cell,bidirectional', [('lstm', False), ('lstm', True), ('gru', True)])
-def test_classifier_ignores_padding(cell, bidirectional):
+@pytest.mark.parametrize('cell,bidirectional,pooling', [
+    ('lstm', False, 'last'), ('lstm', True, 'last'), ('gru', True, 'last'),
+    ('lstm', True, 'attention')])
+def test_classifier_ignores_padding(cell, bidirectional, pooling):
   model = rnn.RNNClassifier(num_layers=2, cell=cell, bidirectional=bidirectional, num_classes=3,
-                            **SMALL)
+                            pooling=pooling, **SMALL)
   rng = np.random.default_rng(0)
   lengths = [7, 3, 1, 5]
   tokens, mask = _tokens(rng, lengths, 7)
@@ -88,8 +90,9 @@ def test_classifier_ignores_padding(cell, bidirectional):
   np.testing.assert_allclose(alone[0], ref[1], rtol=1e-5, atol=1e-6)
 
 
-def test_empty_sequence_is_finite_with_finite_gradients():
-  model = rnn.RNNClassifier(bidirectional=True, **SMALL)
+@pytest.mark.parametrize('pooling', ['last', 'attention'])
+def test_empty_sequence_is_finite_with_finite_gradients(pooling):
+  model = rnn.RNNClassifier(bidirectional=True, pooling=pooling, **SMALL)
   tokens, mask = _tokens(np.random.default_rng(0), [3, 0], 4)
   variables = model.init(jax.random.key(0), tokens, mask)
   grads = jax.grad(lambda p: model.apply({'params': p}, tokens, mask).sum())(variables['params'])
@@ -140,6 +143,36 @@ def test_bidirectional_classifier_reads_forward_end_and_backward_start():
   h = np.stack([np.concatenate([forward[b, n - 1], backward[b, 0]]) for b, n in enumerate(lengths)])
   expected = h @ np.asarray(params['head']['kernel']) + np.asarray(params['head']['bias'])
   np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_pooling_equals_a_numpy_reference():
+  """Masked softmax of v.tanh(W y_t) over the real positions, then tanh(A c + a), then the head."""
+  model = rnn.RNNClassifier(bidirectional=True, num_classes=3, pooling='attention', **SMALL)
+  lengths = [6, 2, 4]
+  tokens, mask = _tokens(np.random.default_rng(4), lengths, 6)
+  variables = model.init(jax.random.key(0), tokens, mask)
+  logits, state = model.apply(variables, tokens, mask, mutable=['intermediates'])
+  p = jax.tree_util.tree_map(np.asarray, variables['params'])
+  encoded = rnn.RNNEncoder(SMALL['hidden_size'], bidirectional=True).apply(
+      {'params': p['encoder']}, p['Embed_0']['embedding'][tokens], jnp.array(lengths))
+  expected = []
+  for b, n in enumerate(lengths):
+    ys = np.asarray(encoded[b, :n])
+    scores = np.tanh(ys @ p['attn_hidden']['kernel']) @ p['attn_score']['kernel'][:, 0]
+    w = np.exp(scores - scores.max())
+    w /= w.sum()
+    hidden = np.tanh((w @ ys) @ p['pre_head']['kernel'] + p['pre_head']['bias'])
+    expected.append(hidden @ p['head']['kernel'] + p['head']['bias'])
+  np.testing.assert_allclose(logits, np.stack(expected), rtol=1e-5, atol=1e-5)
+  weights = np.asarray(state['intermediates']['attention'][0])
+  np.testing.assert_allclose(weights.sum(-1), 1, rtol=1e-6)
+  assert np.all(weights[np.asarray(mask) == 0] == 0)
+
+
+def test_unknown_pooling_is_an_error():
+  tokens = jnp.ones((1, 3), jnp.int32)
+  with pytest.raises(ValueError, match='pooling'):
+    rnn.RNNClassifier(pooling='mean', **SMALL).init(jax.random.key(0), tokens)
 
 
 def _sigmoid(z):
