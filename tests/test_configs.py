@@ -62,6 +62,12 @@ def test_unknown_config_argument_is_refused():
     load_config('configs/mnist_cnn.py', 'nosuch')
 
 
+@pytest.mark.parametrize('name', ['sst2_bilstm', 'sst2_minilm'])
+def test_sst2_val_holds_out_whole_sentences(name):
+  c = load_config(f'configs/{name}.py', 'val')
+  assert (c.data.train_split, c.data.eval_split) == ('train_fit', 'train_heldout')
+
+
 def test_val_argument_holds_out_part_of_train():
   c = load_config('configs/mnist_cnn.py', 'val')
   assert c.data.train_split == 'train[:90%]' and c.data.eval_split == 'train[90%:]'
