@@ -1,6 +1,7 @@
 """Transformers against independent references: naive numpy attention, position formulas,
 recomputation without a cache, and published parameter counts (shapes only)."""
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import models
 from models import BertClassifier, BertEncoder, BertMLM, TransformerLM
 from models.attention import MultiHeadAttention, dot_product_attention, padding_mask, rotary_embedding
 from models.sampling import generate, init_cache, sample_logits
-from models.transformer import REMAT, sinusoidal_embedding
+from models.transformer import REMAT, gelu_erf, sinusoidal_embedding
 
 # RBG keys: the default threefry generator costs seconds of XLA compile per CPU test.
 key = functools.partial(jax.random.key, impl='rbg')
@@ -86,6 +87,16 @@ def test_attention_module_matches_naive_reference():
   heads = lambda y: y.reshape(2, 6, 2, 4)
   ref = naive_attention(*(heads(proj(n, x)) for n in ('query', 'key', 'value')), KEY_MASK, True)
   np.testing.assert_allclose(out, proj('out', ref.reshape(2, 6, 8)), atol=1e-4)
+
+
+def test_gelu_erf_matches_the_float64_formula_and_jax_gradients():
+  x = np.linspace(-6, 6, 1001).astype(np.float32)
+  ref = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+  np.testing.assert_allclose(gelu_erf(x), ref, rtol=1e-6, atol=1e-6)
+  grad = jax.vmap(jax.grad(gelu_erf))(x)
+  dref = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) + v * math.exp(-v * v / 2) / math.sqrt(2 * math.pi)
+                   for v in x.astype(np.float64)])
+  np.testing.assert_allclose(grad, dref, rtol=1e-5, atol=1e-6)
 
 
 def test_sinusoidal_matches_formula():
