@@ -23,10 +23,12 @@ def get_config(arg: str | None = None):
   c.data.bucket_boundaries = (8, 16, 32)  # 2.45x the examples/s of padding all to 48
   set_model(c, 'bilstm_classifier')
   # Chosen on :val (whole train sentences held out; experiments/README.md), never on dev:
-  # attention pooling 83.44%; last states 82.64%, or 82.79% with 2 epochs and no word
-  # dropout; flax examples/sst2's recipe (attention, SGD momentum 0.1, 10 epochs) 81.84%.
+  # attention pooling with label smoothing 0.1, 84.02%; attention alone 83.44% (2 epochs
+  # 83.81%, 2 layers 82.93%, label smoothing and 2 epochs 83.30%); last states 82.64%;
+  # flax examples/sst2's recipe (attention, SGD momentum at lr 0.1, 10 epochs) 81.84%.
   c.model.pooling = 'attention'
   c.model.word_dropout_rate = 0.1
+  c.label_smoothing = 0.1
   c.batch_size = 64
   c.num_epochs = 3
   c.learning_rate = 1e-3
