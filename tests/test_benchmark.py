@@ -3,10 +3,12 @@
 Speed is never asserted here (the machines are shared); only that the numbers exist.
 """
 import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from models import TransformerLM
 from train import benchmark
@@ -94,3 +96,33 @@ def test_in_process_call_takes_config_overrides(capsys):
                          '--json']) == 0
   result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert result['batch_size'] == 16
+
+
+def _traced_seed_fnn(tmp_path):
+  from tests.helpers import load_config
+  from train import op_profile
+  config = load_config('configs/seed_fnn.py', 'tiny')
+  built = benchmark.build(config, devices=jax.local_devices()[:1],
+                          compiler_options=op_profile.compiler_options() or None)
+  return built, op_profile.trace_steps(built, str(tmp_path / 'trace'), steps=2)
+
+
+def test_trace_steps_writes_a_trace_of_the_compiled_step(tmp_path):
+  from train import op_profile
+  built, path = _traced_seed_fnn(tmp_path)
+  assert path.endswith('.xplane.pb') and path.startswith(str(tmp_path)) and os.path.getsize(path) > 0
+  ops = op_profile.hlo_instructions(built['compiled'].as_text())
+  # The 2 -> 16 -> 1 MLP's first layer: its forward output has the batch's rows and 16 features.
+  shapes = [shape for shape, _ in ops.values()]
+  assert any(s.startswith(f"f32[{built['host_batch']['inputs'].shape[0]},16]") for s in shapes)
+  assert any('Dense_0' in source for _, source in ops.values())
+
+
+def test_top_ops_rank_ops_of_the_compiled_step(tmp_path):
+  pytest.importorskip('xprof', reason='listing ops needs the optional xprof package')
+  from train import op_profile
+  built, path = _traced_seed_fnn(tmp_path)
+  ops = op_profile.hlo_instructions(built['compiled'].as_text())
+  rows = op_profile.top_ops(path, built['compiled'].as_text(), steps=2, count=5)
+  assert rows and all(r['name'] in ops and r['ms_per_step'] > 0 for r in rows)
+  assert [r['ms_per_step'] for r in rows] == sorted((r['ms_per_step'] for r in rows), reverse=True)

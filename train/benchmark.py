@@ -580,6 +580,10 @@ def _define_flags(argv):
                     flag_values=fv)
   flags.DEFINE_bool('json', False, 'Print one JSON line with every figure at the end.',
                     flag_values=fv)
+  flags.DEFINE_string('trace_dir', None, 'Also write a profiler trace of a few train steps here '
+                      'and, with xprof installed, list the ops that take the most time '
+                      '(train/op_profile.py).', flag_values=fv)
+  flags.DEFINE_integer('trace_steps', 3, 'Steps traced with --trace_dir.', flag_values=fv)
   return fv
 
 
@@ -641,9 +645,25 @@ def main(argv=None) -> int:
     result.update(run_torch(config, result, fv.steps, fv.warmup,
                             tuple(int(n) for n in fv.torch_threads)))
   print(report(result), flush=True)
+  if fv.trace_dir:
+    print(trace_report(config, fv.trace_dir, fv.trace_steps), flush=True)
   if fv.json:
     print(json_line(result), flush=True)
   return 0
+
+
+def trace_report(config, trace_dir: str, steps: int) -> str:
+  """Traces ``steps`` train steps into ``trace_dir`` (a compile of their own, with per-op
+  events on CPU) and lists the costliest ops when xprof is installed."""
+  from train import op_profile
+  built = build(config, compiler_options=op_profile.compiler_options() or None)
+  path = op_profile.trace_steps(built, trace_dir, steps)
+  head = f'trace          {path} ({steps} steps; open it in TensorBoard\'s profile plugin or xprof)'
+  try:
+    rows = op_profile.top_ops(path, built['compiled'].as_text(), steps)
+  except ImportError as e:
+    return f'{head}\n               {e}'
+  return f'{head}\n{op_profile.format_ops(rows)}'
 
 
 def json_line(result: dict) -> str:
