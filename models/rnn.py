@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams, flip_sequences
 
+from models.matmul import transposed
+
 __all__ = ['CELLS', 'HoistedLSTM', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
 
 # The optimized LSTM cell has the same parameters as nn.LSTMCell (ii/if/ig/io, hi/hf/hg/ho)
@@ -66,27 +68,29 @@ def _lstm_forward(gates_in, wh):
 
 
 @jax.custom_vjp
-def lstm_recurrence(gates_in, wh):
-  """``[T, B, 4H]`` input-side gate pre-activations and ``W_h [H, 4H]`` -> ``h`` of every step.
+def lstm_time_major(x, wi, b, wh):
+  """An LSTM layer: ``x [T, B, D]``, ``W_i [D, 4H]``, ``b [4H]``, ``W_h [H, 4H]`` -> ``h [T, B, H]``.
 
-  A custom backward pass as cuDNN's: the loop carries only ``dh @ W_h^T``; the weight
-  gradient ``sum_t h_{t-1}^T dz_t`` is one ``[H, T*B] x [T*B, 4H]`` matmul after it
-  (autodiff of the scan would do T small ones inside the loop).
+  The input projection of every step is one ``[T*B, D] x [D, 4H]`` matmul before the
+  loop, so the sequential scan keeps only ``h @ W_h``. The backward pass is cuDNN's:
+  the loop carries only ``dz @ W_h^T``, and the weight and input gradients are three
+  ``T*B``-row matmuls after it (autodiff of the scan would do T small ones inside it).
   """
-  return _lstm_forward(gates_in, wh)[0]
+  return _lstm_forward(x @ wi + b, wh)[0]
 
 
-def _lstm_fwd(gates_in, wh):
-  hs, cs, acts = _lstm_forward(gates_in, wh)
-  return hs, (hs, cs, acts, wh)
+def _lstm_fwd(x, wi, b, wh):
+  hs, cs, acts = _lstm_forward(x @ wi + b, wh)
+  return hs, (x, hs, cs, acts, wi, wh)
 
 
 def _lstm_bwd(res, dys):
-  hs, cs, acts, wh = res
-  hidden = wh.shape[0]
+  x, hs, cs, acts, wi, wh = res
+  steps, batch, hidden = hs.shape
   zeros = jnp.zeros_like(hs[:1])
   c_prev = jnp.concatenate([zeros, cs[:-1]], 0)
   h_prev = jnp.concatenate([zeros, hs[:-1]], 0)
+  wh_t = transposed(wh)
 
   def step(carry, xs):
     dh_next, dc_next = carry
@@ -97,15 +101,18 @@ def _lstm_bwd(res, dys):
     dc = dc_next + dh * o * (1 - tanh_c ** 2)
     dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g ** 2),
                           dh * tanh_c * o * (1 - o)], -1)
-    return (dz @ wh.T, dc * f), dz
+    return (dz @ wh_t, dc * f), dz
 
   init = (jnp.zeros_like(hs[0]), jnp.zeros_like(cs[0]))
   _, dzs = jax.lax.scan(step, init, (dys, cs, c_prev, acts), reverse=True)
-  dwh = jnp.einsum('tbh,tbg->hg', h_prev, dzs)
-  return dzs, dwh
+  dz = dzs.reshape(steps * batch, 4 * hidden)
+  dwh = transposed(h_prev.reshape(steps * batch, hidden)) @ dz
+  dwi = transposed(x.reshape(steps * batch, -1)) @ dz
+  dx = (dz @ transposed(wi)).reshape(x.shape)
+  return dx, dwi, dzs.sum((0, 1)), dwh
 
 
-lstm_recurrence.defvjp(_lstm_fwd, _lstm_bwd)
+lstm_time_major.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 class HoistedLSTM(nn.Module):
@@ -128,8 +135,8 @@ class HoistedLSTM(nn.Module):
     x, wi, wh, b = nn.dtypes.promote_dtype(x, wi, wh, b, dtype=self.dtype)
     if self.reverse:
       x = flip_sequences(x, seq_lengths, num_batch_dims=1, time_major=False)
-    gates_in = jnp.swapaxes(x @ wi + b, 0, 1)  # [T, B, 4H], time-major for the scan
-    ys = jnp.swapaxes(lstm_recurrence(gates_in, wh), 0, 1)
+    # Time-major for the scan; swapping the D-wide input is cheaper than the 4H-wide gates.
+    ys = jnp.swapaxes(lstm_time_major(jnp.swapaxes(x, 0, 1), wi, b, wh), 0, 1)
     if self.reverse:
       ys = flip_sequences(ys, seq_lengths, num_batch_dims=1, time_major=False)
     return ys

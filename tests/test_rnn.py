@@ -285,7 +285,8 @@ def test_unknown_cell_is_an_error():
 @pytest.mark.parametrize('reverse', [False, True])
 def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
   """HoistedLSTM (hoisted input matmul, hand-written backward) against nn.RNN(OptimizedLSTMCell)
-  with the same parameters: outputs on real positions and every parameter gradient."""
+  with the same parameters: outputs on real positions, every parameter gradient and the
+  input gradient."""
   import flax.linen as nn
   from models.rnn import HoistedLSTM
   x = jax.random.normal(jax.random.key(0), (3, 7, 5))
@@ -300,7 +301,9 @@ def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
   b = ref.apply(params, x, seq_lengths=lengths) * real
   np.testing.assert_allclose(a, b, atol=1e-6)
   weights = jax.random.normal(jax.random.key(2), a.shape)  # a loss that weighs every output
-  ga = jax.grad(lambda p: (ours.apply(p, x, lengths) * real * weights).sum())(params)
-  gb = jax.grad(lambda p: (ref.apply(p, x, seq_lengths=lengths) * real * weights).sum())(params)
+  ga = jax.grad(lambda p, x: (ours.apply(p, x, lengths) * real * weights).sum(), (0, 1))(params, x)
+  gb = jax.grad(lambda p, x: (ref.apply(p, x, seq_lengths=lengths) * real * weights).sum(),
+                (0, 1))(params, x)
+  assert np.abs(ga[1]).max() > 0.01  # the input gradient (hand-written too) is not trivially 0
   for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
     np.testing.assert_allclose(u, v, atol=1e-5)
