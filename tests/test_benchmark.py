@@ -126,3 +126,19 @@ def test_top_ops_rank_ops_of_the_compiled_step(tmp_path):
   rows = op_profile.top_ops(path, built['compiled'].as_text(), steps=2, count=5)
   assert rows and all(r['name'] in ops and r['ms_per_step'] > 0 for r in rows)
   assert [r['ms_per_step'] for r in rows] == sorted((r['ms_per_step'] for r in rows), reverse=True)
+
+
+def test_bench_transposed_dots_measures_folded_and_written_out_forms():
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      'experiments', 'bench_transposed_dots.py')
+  spec = importlib.util.spec_from_file_location('bench_transposed_dots', path)
+  bench = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench)
+  x = jax.random.normal(jax.random.key(0), (64, 32))
+  np.testing.assert_array_equal(bench.transposed(x), x.T)
+  rows = bench.measure([('w', 'weight', 64, 32, 16), ('i', 'input', 32, 64, 16)], reps=2)
+  assert [r['name'] for r in rows] == ['w', 'i']
+  for r in rows:
+    assert r['max_abs_diff'] < 1e-4  # both forms compute the same product
+    assert min(r['folded'], r['out'], r['plain']) > 0
