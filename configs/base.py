@@ -69,6 +69,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.loss_scale.factor = ml_collections.config_dict.placeholder(float)   # 2.0: grow x2, halve on overflow
   c.loss_scale.min = ml_collections.config_dict.placeholder(float)      # 1.0
   c.grad_accum_steps = 1
+  # > 0: also keep an exponential moving average of the parameters (Polyak averaging, bias-
+  # corrected; train/state.py) and evaluate, sample and export with it. 0.999 averages over
+  # roughly the last 1,000 steps.
+  c.ema_decay = 0.0
   c.remat = 'none'                   # none | full | dots (dots_with_no_batch_dims_saveable); Transformers
 
   c.log_every_steps = 50

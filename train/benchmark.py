@@ -249,7 +249,8 @@ def build(config, devices=None, compiler_options=None):
   task_fn = tasks.get(config.task, config)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   init_fn = make_init_fn(model, tx, {k: v[:1] for k, v in host_batch.items()},
-                         loss_scale.from_config(config))  # float16: dynamic loss scaling
+                         loss_scale.from_config(config),  # float16: dynamic loss scaling
+                         ema_decay=config.get('ema_decay', 0.0))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   state_shardings = sharding_lib.tree_shardings(abstract_state, mesh, config.partition_rules)
   state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)

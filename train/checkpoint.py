@@ -329,7 +329,19 @@ def load_params(path: str) -> dict:
   from models import pretrained
   if pretrained.is_hf_checkpoint(path):
     return pretrained.load_pretrained_params(path)
-  return load_state(path, keys=('params',))['params']
+  key = params_key(path)
+  return load_state(path, keys=(key,))[key]
+
+
+def params_key(path: str) -> str:
+  """``'ema_params'`` when the latest checkpoint under ``path`` keeps a moving average
+  (``config.ema_decay > 0``; the run was evaluated with it), else ``'params'``."""
+  return 'ema_params' if 'ema_params' in _state_metadata(_find_step_dir(path)) else 'params'
+
+
+def _state_metadata(step_dir: str) -> dict:
+  meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, 'state'))
+  return meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
 
 
 def load_state(path: str, keys=None) -> dict:
@@ -341,8 +353,7 @@ def load_state(path: str, keys=None) -> dict:
   """
   step_dir = _find_step_dir(os.path.abspath(os.path.expanduser(path)))
   state_dir = os.path.join(step_dir, 'state')
-  meta = ocp.StandardCheckpointer().metadata(state_dir)
-  tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
+  tree = _state_metadata(step_dir)
   if keys is not None:
     tree = {k: tree[k] for k in keys}
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -49,10 +49,11 @@ def load_variables(workdir: str) -> tuple[dict, dict, int]:
   """``(params, model_state, step)`` of the latest checkpoint in ``workdir``, as numpy arrays.
 
   Only those two parts of the train state are read (a partial restore), so the
-  optimizer state's layout does not matter.
+  optimizer state's layout does not matter. A run that kept a moving average of its
+  parameters (``ema_decay``) gives that average, which is what it was evaluated with.
   """
   import orbax.checkpoint as ocp
-  from train.checkpoint import _find_step_dir
+  from train.checkpoint import _find_step_dir, _state_metadata
   path = os.path.abspath(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'workdir {workdir} does not exist')
@@ -61,10 +62,11 @@ def load_variables(workdir: str) -> tuple[dict, dict, int]:
   except FileNotFoundError:
     raise FileNotFoundError(f'{workdir} holds no checkpoint') from None
   state_dir = os.path.join(step_dir, 'state')
-  meta = ocp.StandardCheckpointer().metadata(state_dir)
-  tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
+  tree = _state_metadata(step_dir)
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  wanted = {k: tree[k] for k in ('params', 'model_state') if tree.get(k)}
+  # A run that kept a moving average was evaluated with it: the tools read it as the params.
+  key = 'ema_params' if tree.get('ema_params') else 'params'
+  wanted = {k: tree[k] for k in (key, 'model_state') if tree.get(k)}
   abstract = jax.tree_util.tree_map(
       lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), wanted)
   with ocp.PyTreeCheckpointer() as ckptr:
@@ -72,7 +74,7 @@ def load_variables(workdir: str) -> tuple[dict, dict, int]:
         item=abstract, partial_restore=True,
         restore_args=jax.tree_util.tree_map(lambda a: ocp.ArrayRestoreArgs(sharding=cpu), abstract)))
   restored = jax.tree_util.tree_map(np.asarray, restored)
-  return restored['params'], dict(restored.get('model_state') or {}), int(os.path.basename(step_dir))
+  return restored[key], dict(restored.get('model_state') or {}), int(os.path.basename(step_dir))
 
 
 @dataclasses.dataclass

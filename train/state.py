@@ -44,17 +44,54 @@ class ScaledTrainState(TrainState):
   loss_scale: Any = None
 
 
+def ema_weight(step: jax.Array, decay: float) -> jax.Array:
+  """The weight of the newest parameters in the average after ``step`` (1, 2, ...) updates.
+
+  ``(1 - decay) / (1 - decay**step)``: 1 at the first update, tending to ``1 - decay``.
+  It keeps the average bias-corrected at every step (as Adam corrects its moments):
+  the average equals ``sum_t decay**(step - t) * params_t / sum_t decay**(step - t)``,
+  so early steps are not pulled towards the initialisation or towards zero.
+  """
+  return (1.0 - decay) / (1.0 - decay ** step.astype(jnp.float32))
+
+
+class _EMAMixin:
+  """``ema_params``: an exponential moving average of the parameters (Polyak averaging).
+
+  Updated after every applied step with :func:`ema_weight`; evaluation, sampling and the
+  post-training tools use it in place of ``params`` (``train.steps.eval_params``).
+  """
+
+  def apply_gradients(self, grads, model_state):
+    new = super().apply_gradients(grads, model_state)
+    w = ema_weight(new.step, self.ema_decay)
+    return new.replace(ema_params=optax.incremental_update(new.params, self.ema_params, w))
+
+
+# Subclasses rather than an optional field, as ScaledTrainState: runs without EMA keep their
+# checkpoint tree.
+class EMATrainState(_EMAMixin, TrainState):
+  ema_params: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+
+class ScaledEMATrainState(_EMAMixin, ScaledTrainState):
+  ema_params: Any = None
+  ema_decay: float = flax.struct.field(pytree_node=False, default=0.0)
+
+
 def init_variables(model, example_batch: dict, rng: jax.Array) -> dict:
   """Model variables from one example batch (shapes only matter)."""
   kwargs = {'mask': example_batch['mask']} if 'mask' in example_batch else {}
   return model.init({'params': rng, 'dropout': rng}, example_batch['inputs'], train=False, **kwargs)
 
 
-def make_init_fn(model, tx, example_batch: dict,
-                 loss_scale=None) -> Callable[[jax.Array], TrainState]:
+def make_init_fn(model, tx, example_batch: dict, loss_scale=None,
+                 ema_decay: float = 0.0) -> Callable[[jax.Array], TrainState]:
   """``rng -> TrainState``: pure, so it can be ``eval_shape``d and jitted with out_shardings.
 
-  ``loss_scale`` (``train.loss_scale.from_config``) turns on dynamic loss scaling.
+  ``loss_scale`` (``train.loss_scale.from_config``) turns on dynamic loss scaling;
+  ``ema_decay > 0`` keeps a moving average of the parameters (:class:`EMATrainState`).
   """
   def init(rng):
     variables = dict(init_variables(model, example_batch, rng))
@@ -63,9 +100,12 @@ def make_init_fn(model, tx, example_batch: dict,
                   opt_state=tx.init(params), nonfinite_steps=jnp.zeros((), jnp.int32),
                   first_nonfinite_step=jnp.full((), -1, jnp.int32),
                   first_nonfinite_what=jnp.full((), -1, jnp.int32), tx=tx)
-    if loss_scale is None:
-      return TrainState(**fields)
-    return ScaledTrainState(**fields, loss_scale=loss_scale)
+    if loss_scale is not None:
+      fields['loss_scale'] = loss_scale
+    if ema_decay > 0:
+      cls = EMATrainState if loss_scale is None else ScaledEMATrainState
+      return cls(**fields, ema_params=params, ema_decay=ema_decay)
+    return (TrainState if loss_scale is None else ScaledTrainState)(**fields)
   return init
 
 

@@ -146,10 +146,19 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
   return train_step
 
 
+def eval_params(state: TrainState):
+  """The parameters a run is evaluated with: the moving average where the state keeps one."""
+  ema = getattr(state, 'ema_params', None)
+  return state.params if ema is None else ema
+
+
 def make_eval_step(model, task_fn: Callable, axis_name: str | None = None):
-  """``eval_step(state, batch) -> {name: (sum, weight)}``; padded examples have weight 0."""
+  """``eval_step(state, batch) -> {name: (sum, weight)}``; padded examples have weight 0.
+
+  A state with ``ema_params`` (``config.ema_decay > 0``) is evaluated with them.
+  """
   def eval_step(state: TrainState, batch):
-    variables = {'params': state.params, **state.model_state}
+    variables = {'params': eval_params(state), **state.model_state}
     logits = model.apply(variables, batch['inputs'], train=False, **model_kwargs(batch))
     _, sums = task_fn(logits, batch)
     if axis_name is not None:

@@ -118,7 +118,8 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   example = {k: v[:1] for k, v in train_ds[0].items()}
-  init_fn = make_init_fn(model, tx, example, loss_scale_lib.from_config(config))
+  init_fn = make_init_fn(model, tx, example, loss_scale_lib.from_config(config),
+                         ema_decay=config.get('ema_decay', 0.0))
   abstract_state = jax.eval_shape(init_fn, init_rng)
   if use_pmap:  # built and checkpointed on one device, then replicated for the steps
     single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -141,6 +142,8 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     if config.init_from:
       params, _ = ckpt_lib.overlay_params(state.params, ckpt_lib.load_params(config.init_from))
       state = state.replace(params=params)
+      if getattr(state, 'ema_params', None) is not None:  # the average starts from them too
+        state = state.replace(ema_params=jax.tree_util.tree_map(jnp.copy, params))
   logging.info('model %s: %s parameters', config.model.name,
                f'{sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,}')
 

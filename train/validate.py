@@ -54,6 +54,11 @@ def check_config(config) -> None:
   _need(c.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {c.keep_checkpoints}')
   _need(c.eval_batch_size >= 0, f'eval_batch_size must be >= 0, got {c.eval_batch_size}')
   _need(0 <= c.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {c.label_smoothing}')
+  ema = c.get('ema_decay', 0.0)
+  _need(0 <= ema < 1, f'ema_decay must be in [0, 1) (0: off), got {ema}')
+  _need(ema == 0 or c.get('prune') is None or c.prune.target_sparsity == 0,
+        'ema_decay with prune.target_sparsity: the average of pruned weights is not sparse; '
+        'use one or the other')
   _need(c.task in tasks.TASKS, f'unknown task {c.task!r}; known: {", ".join(tasks.TASKS)}')
   _need(c.optimizer.name in optim.OPTIMIZERS,
         f'unknown optimizer.name {c.optimizer.name!r}; known: {", ".join(optim.OPTIMIZERS)}')
