@@ -1,5 +1,6 @@
 """Parameter averaging (``ema_decay``): the average itself, evaluation with it, resume, tools."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -7,7 +8,7 @@ from tests.helpers import assert_trees_equal, latest_state, load_config
 from train import checkpoint as ckpt_lib
 from train import optim, posttrain, steps, tasks, trainer
 from train.data import pipeline, sources
-from train.state import EMATrainState, make_init_fn
+from train.state import EMATrainState, ema_weight, make_init_fn
 from train.validate import ConfigError, check_config
 
 
@@ -69,6 +70,14 @@ def test_resume_equals_uninterrupted(tmp_path):
   _, a = latest_state(str(tmp_path / 'straight'), config)
   _, b = latest_state(str(tmp_path / 'split'), config)
   assert_trees_equal(a, b)  # ema_params included
+
+
+@pytest.mark.parametrize('decay', [0.9, 0.999, 0.9999])
+def test_first_update_takes_the_parameters_whole(decay):
+  """Weight 1 at step 1 (the average starts as the first parameters, not pulled towards the
+  initialisation), tending to 1 - decay."""
+  assert float(ema_weight(jnp.int32(1), decay)) == 1.0
+  assert float(ema_weight(jnp.int32(10**7), decay)) == pytest.approx(1 - decay, rel=1e-3)
 
 
 @pytest.mark.parametrize('overrides, words', [

@@ -52,7 +52,8 @@ def ema_weight(step: jax.Array, decay: float) -> jax.Array:
   the average equals ``sum_t decay**(step - t) * params_t / sum_t decay**(step - t)``,
   so early steps are not pulled towards the initialisation or towards zero.
   """
-  return (1.0 - decay) / (1.0 - decay ** step.astype(jnp.float32))
+  d = jnp.float32(decay)  # one precision on both sides: exactly 1 at the first update
+  return (1 - d) / (1 - d ** step.astype(jnp.float32))
 
 
 class _EMAMixin:
