@@ -60,6 +60,13 @@ def test_run_is_evaluated_with_the_average_and_the_tools_read_it(tmp_path):
   # load_params (init_from, sampling) and the post-training tools take the average.
   assert_trees_equal(ckpt_lib.load_params(w), saved['ema_params'])
   assert_trees_equal(run.params, saved['ema_params'])
+  # A run that starts from it (init_from) takes the average too, averaged from there on.
+  dst = str(tmp_path / 'dst')
+  trainer.train_and_evaluate(_config(num_train_steps=1, init_from=w, learning_rate=1e-12), dst)
+  _, fine = latest_state(dst, None)
+  for a, b in zip(jax.tree_util.tree_leaves(saved['ema_params']),
+                  jax.tree_util.tree_leaves(fine['ema_params'])):
+    np.testing.assert_allclose(a, b, atol=1e-8)
 
 
 def test_resume_equals_uninterrupted(tmp_path):

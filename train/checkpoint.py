@@ -329,17 +329,20 @@ def load_params(path: str) -> dict:
   from models import pretrained
   if pretrained.is_hf_checkpoint(path):
     return pretrained.load_pretrained_params(path)
-  key = params_key(path)
-  return load_state(path, keys=(key,))[key]
+  step_dir = _find_step_dir(path)
+  key = params_key(state_metadata(step_dir))
+  return load_state(step_dir, keys=(key,))[key]
 
 
-def params_key(path: str) -> str:
-  """``'ema_params'`` when the latest checkpoint under ``path`` keeps a moving average
-  (``config.ema_decay > 0``; the run was evaluated with it), else ``'params'``."""
-  return 'ema_params' if 'ema_params' in _state_metadata(_find_step_dir(path)) else 'params'
+def params_key(tree: dict) -> str:
+  """Which field of a saved train state (its metadata ``tree``) holds the run's parameters:
+  ``'ema_params'`` where it kept a moving average (``ema_decay > 0``; it was evaluated
+  with it), else ``'params'``."""
+  return 'ema_params' if tree.get('ema_params') else 'params'
 
 
-def _state_metadata(step_dir: str) -> dict:
+def state_metadata(step_dir: str) -> dict:
+  """The saved train state's tree of array metadata (shapes, dtypes), read without the arrays."""
   meta = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, 'state'))
   return meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta.tree
 
@@ -353,7 +356,7 @@ def load_state(path: str, keys=None) -> dict:
   """
   step_dir = _find_step_dir(os.path.abspath(os.path.expanduser(path)))
   state_dir = os.path.join(step_dir, 'state')
-  tree = _state_metadata(step_dir)
+  tree = state_metadata(step_dir)
   if keys is not None:
     tree = {k: tree[k] for k in keys}
   cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

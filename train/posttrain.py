@@ -52,8 +52,7 @@ def load_variables(workdir: str) -> tuple[dict, dict, int]:
   optimizer state's layout does not matter. A run that kept a moving average of its
   parameters (``ema_decay``) gives that average, which is what it was evaluated with.
   """
-  import orbax.checkpoint as ocp
-  from train.checkpoint import _find_step_dir, _state_metadata
+  from train.checkpoint import _find_step_dir, load_state, params_key, state_metadata
   path = os.path.abspath(workdir)
   if not os.path.isdir(path):
     raise FileNotFoundError(f'workdir {workdir} does not exist')
@@ -61,19 +60,9 @@ def load_variables(workdir: str) -> tuple[dict, dict, int]:
     step_dir = _find_step_dir(path)
   except FileNotFoundError:
     raise FileNotFoundError(f'{workdir} holds no checkpoint') from None
-  state_dir = os.path.join(step_dir, 'state')
-  tree = _state_metadata(step_dir)
-  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  # A run that kept a moving average was evaluated with it: the tools read it as the params.
-  key = 'ema_params' if tree.get('ema_params') else 'params'
-  wanted = {k: tree[k] for k in (key, 'model_state') if tree.get(k)}
-  abstract = jax.tree_util.tree_map(
-      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=cpu), wanted)
-  with ocp.PyTreeCheckpointer() as ckptr:
-    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=abstract, partial_restore=True,
-        restore_args=jax.tree_util.tree_map(lambda a: ocp.ArrayRestoreArgs(sharding=cpu), abstract)))
-  restored = jax.tree_util.tree_map(np.asarray, restored)
+  tree = state_metadata(step_dir)
+  key = params_key(tree)
+  restored = load_state(step_dir, keys=(key, 'model_state') if tree.get('model_state') else (key,))
   return restored[key], dict(restored.get('model_state') or {}), int(os.path.basename(step_dir))
 
 

@@ -142,7 +142,9 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     if config.init_from:
       params, _ = ckpt_lib.overlay_params(state.params, ckpt_lib.load_params(config.init_from))
       state = state.replace(params=params)
-      if getattr(state, 'ema_params', None) is not None:  # the average starts from them too
+      if getattr(state, 'ema_params', None) is not None:
+        # The average starts from them too (it matters only if step 1 is skipped as
+        # non-finite); a copy, since the step donates each of the state's buffers.
         state = state.replace(ema_params=jax.tree_util.tree_map(jnp.copy, params))
   logging.info('model %s: %s parameters', config.model.name,
                f'{sum(x.size for x in jax.tree_util.tree_leaves(state.params)):,}')
