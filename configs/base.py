@@ -20,6 +20,9 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.task = 'classification'          # classification | binary | lm | mlm
   c.label_smoothing = 0.0
+  # > 0: adversarial training on the model's perturb() points (Miyato et al. 2017; the
+  # RNN classifier's embeddings): add the loss at an L2 step of this size per example.
+  c.adversarial_epsilon = 0.0
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'adamw'         # sgd | momentum | nesterov | adam | adamw | lamb | lion

@@ -252,6 +252,11 @@ class RNNClassifier(nn.Module):
       tokens = jnp.where(hit & real, self.unk_id, tokens)
     x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
                  param_dtype=self.param_dtype)(tokens)
+    # Adversarial training (``adversarial_epsilon``, train/steps.py) moves the embeddings
+    # here; a no-op unless a 'perturbations' collection is passed. Not at init, so the
+    # variables hold no batch-shaped zeros.
+    if not self.is_initializing():
+      x = self.perturb('embedded', x)
     x = drop(x)
     y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, self.bidirectional,
                    self.dropout_rate, self.dtype, self.param_dtype, name='encoder')(x, lengths, train)

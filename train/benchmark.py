@@ -256,7 +256,8 @@ def build(config, devices=None, compiler_options=None):
   state = jax.jit(init_fn, out_shardings=state_shardings)(init_rng)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   step_fn = steps.make_train_step(model, task_fn, label_smoothing=config.label_smoothing,
-                                  grad_accum_steps=config.grad_accum_steps, schedule=schedule)
+                                  grad_accum_steps=config.grad_accum_steps, schedule=schedule,
+                                  adversarial_epsilon=config.get('adversarial_epsilon', 0.0))
   train_step = jax.jit(
       step_fn, in_shardings=(state_shardings, batch_sharding, sharding_lib.replicated(mesh)),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)

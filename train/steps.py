@@ -26,26 +26,71 @@ def _finite_flags(loss, grads) -> jax.Array:
   return jnp.stack([jnp.isfinite(loss)] + [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-def make_loss_fn(model, task_fn: Callable, label_smoothing: float = 0.0) -> Callable:
+def _adversarial_direction(grads, epsilon: float):
+  """Miyato et al. 2017's ``r_adv = epsilon * g / ||g||``, the L2 norm taken per example.
+
+  Each leaf is ``[B, ...]`` (a perturbation point's gradient); the norm runs over all of an
+  example's entries in every leaf together, so one example's budget is ``epsilon`` in all.
+  """
+  leaves = jax.tree_util.tree_leaves(grads)
+  sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32)), axis=tuple(range(1, g.ndim))) for g in leaves)
+  scale = epsilon / (jnp.sqrt(sq) + 1e-12)
+  return jax.tree_util.tree_map(
+      lambda g: (g * scale.reshape((-1,) + (1,) * (g.ndim - 1)).astype(g.dtype)), grads)
+
+
+def make_loss_fn(model, task_fn: Callable, label_smoothing: float = 0.0,
+                 adversarial_epsilon: float = 0.0) -> Callable:
   """``(params, model_state, batch, rng) -> (loss_sum, (new_model_state, sums))``.
 
   The loss is summed (not averaged) over examples so micro-batches and replicas
   combine exactly; ``sums['loss'][1]`` is the example (or token) count.
+
+  ``adversarial_epsilon > 0`` adds Miyato et al. (2017)'s adversarial loss: the model's
+  ``self.perturb(...)`` points (e.g. the embeddings of :class:`models.rnn.RNNClassifier`)
+  are moved by ``epsilon`` along the clean loss's gradient (per-example L2 norm, held
+  constant), and the loss there is added to the clean one: two forward passes and their
+  backward passes (the SST-2 BiLSTM's step took about 1.65x as long on a 2-core CPU).
+  ``sums`` (the logged metrics) stay the clean pass's.
   """
-  def loss_fn(params, model_state, batch, rng):
+  def apply(params, model_state, batch, rng, perturbations=None):
     variables = {'params': params, **model_state}
+    if perturbations is not None:
+      variables['perturbations'] = perturbations
     logits, new_model_state = model.apply(
         variables, batch['inputs'], train=True, rngs={'dropout': rng},
         mutable=list(model_state), **model_kwargs(batch))
     loss, sums = task_fn(logits, batch, label_smoothing)
     weight = sums['loss'][1]
     return loss * weight, (new_model_state, sums)
+
+  if adversarial_epsilon <= 0:
+    return apply
+
+  def perturbation_zeros(params, model_state, batch, rng):
+    def created():
+      variables = {'params': params, **model_state}
+      return model.apply(variables, batch['inputs'], train=True, rngs={'dropout': rng},
+                         mutable=['perturbations', *model_state], **model_kwargs(batch))[1]
+    shapes = jax.eval_shape(created).get('perturbations')
+    if not shapes:
+      raise ValueError(f'adversarial_epsilon needs a model with a perturbation point '
+                       f'(self.perturb); {type(model).__name__} has none')
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def loss_fn(params, model_state, batch, rng):
+    zeros = perturbation_zeros(params, model_state, batch, rng)
+    (clean, aux), g = jax.value_and_grad(
+        lambda r: apply(params, model_state, batch, rng, r), has_aux=True)(zeros)
+    r_adv = _adversarial_direction(jax.lax.stop_gradient(g), adversarial_epsilon)
+    adversarial, _ = apply(params, model_state, batch, rng, r_adv)
+    return clean + adversarial, aux
   return loss_fn
 
 
 def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
                     grad_accum_steps: int = 1, axis_name: str | None = None,
-                    schedule: Callable | None = None):
+                    schedule: Callable | None = None, adversarial_epsilon: float = 0.0):
   """Builds the train step.
 
   ``grad_accum_steps=k`` splits the batch into k micro-batches and sums their
@@ -58,8 +103,9 @@ def make_train_step(model, task_fn: Callable, *, label_smoothing: float = 0.0,
   A state with a ``loss_scale`` (float16 runs) differentiates the scaled loss,
   unscales the summed gradients once, skips the step and shrinks the scale if
   they overflowed, and adds ``loss_scale`` and ``skipped_steps`` to the metrics.
+  ``adversarial_epsilon``: see :func:`make_loss_fn`.
   """
-  loss_fn = make_loss_fn(model, task_fn, label_smoothing)
+  loss_fn = make_loss_fn(model, task_fn, label_smoothing, adversarial_epsilon)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def scaled_loss_fn(params, model_state, batch, rng, ls):

@@ -151,7 +151,7 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
 
   # Steps, compiled ahead of step 1 so the memory report comes before training.
   step_kw = dict(label_smoothing=config.label_smoothing, grad_accum_steps=config.grad_accum_steps,
-                 schedule=schedule)
+                 schedule=schedule, adversarial_epsilon=config.adversarial_epsilon)
   if use_pmap:
     pmapped = pmap_path.pmap_train_step(
         steps.make_train_step(model, task_fn, axis_name=pmap_path.AXIS, **step_kw))

@@ -54,6 +54,8 @@ def check_config(config) -> None:
   _need(c.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {c.keep_checkpoints}')
   _need(c.eval_batch_size >= 0, f'eval_batch_size must be >= 0, got {c.eval_batch_size}')
   _need(0 <= c.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {c.label_smoothing}')
+  _need(c.get('adversarial_epsilon', 0.0) >= 0,
+        f"adversarial_epsilon must be >= 0 (0: off), got {c.get('adversarial_epsilon')}")
   ema = c.get('ema_decay', 0.0)
   _need(0 <= ema < 1, f'ema_decay must be in [0, 1) (0: off), got {ema}')
   _need(ema == 0 or c.get('prune') is None or c.prune.target_sparsity == 0,
