@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from train import loss_scale as loss_scale_lib
+from train.validate import ConfigError
 from train.state import TrainState
 
 MODEL_KWARGS = ('mask',)  # batch keys passed to the model besides ``inputs``
@@ -50,7 +51,7 @@ def make_loss_fn(model, task_fn: Callable, label_smoothing: float = 0.0,
   ``self.perturb(...)`` points (e.g. the embeddings of :class:`models.rnn.RNNClassifier`)
   are moved by ``epsilon`` along the clean loss's gradient (per-example L2 norm, held
   constant), and the loss there is added to the clean one: two forward passes and their
-  backward passes (the SST-2 BiLSTM's step took about 1.65x as long on a 2-core CPU).
+  backward passes (the SST-2 BiLSTM's step took about 1.7x as long on a 2-core CPU).
   ``sums`` (the logged metrics) stay the clean pass's.
   """
   def apply(params, model_state, batch, rng, perturbations=None):
@@ -74,7 +75,8 @@ def make_loss_fn(model, task_fn: Callable, label_smoothing: float = 0.0,
                          mutable=['perturbations', *model_state], **model_kwargs(batch))[1]
     shapes = jax.eval_shape(created).get('perturbations')
     if not shapes:
-      raise ValueError(f'adversarial_epsilon needs a model with a perturbation point '
+      # A ConfigError, raised while the step compiles (before step 1): the CLI prints one line.
+      raise ConfigError(f'adversarial_epsilon needs a model with a perturbation point '
                        f'(self.perturb); {type(model).__name__} has none')
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
