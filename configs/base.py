@@ -77,6 +77,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # roughly the last 1,000 steps.
   c.ema_decay = 0.0
   c.remat = 'none'                   # none | full | dots (dots_with_no_batch_dims_saveable); Transformers
+  # XLA options for the train and eval steps only, in XLA_FLAGS syntax ('--xla_a=1 --xla_b=x,y');
+  # they go on top of train/compile_options.py's defaults.
+  c.xla_options = ''
 
   c.log_every_steps = 50
   c.eval_every_steps = 0             # 0: only at the end

@@ -1,6 +1,8 @@
 """A BiLSTM from scratch on SST-2 (target >= 84% dev accuracy; flax examples/sst2: 85.2%).
 
-Word vocabulary from the training split, 300-d embeddings, 256 units per direction.
+Word vocabulary from the training split, 300-d embeddings, 256 units per direction,
+attention pooling, adversarial training on the embeddings. Dev: 84.06% (seed 0); seeds
+0 / 1 / 2 average 84.40% (experiments/README.md).
 
   python -m train --config configs/sst2_bilstm.py --workdir runs/sst2_bilstm \
       --config.data.dir=../shared/data/sst2
@@ -29,6 +31,10 @@ def get_config(arg: str | None = None):
   c.model.pooling = 'attention'
   c.model.word_dropout_rate = 0.1
   c.label_smoothing = 0.1
+  # Adversarial training on the embeddings (Miyato et al. 2017), adopted by a rule fixed before
+  # the runs: three :val seeds at 83.73 / 83.59 / 84.53% (mean 83.95%) against 83.73% without.
+  # 0.5 stopped the model learning. About 1.7x the cost of a plain step.
+  c.adversarial_epsilon = 0.1
   c.batch_size = 64
   c.num_epochs = 3
   c.learning_rate = 1e-3

@@ -18,7 +18,7 @@ and state, synthetic batches, one device), then prints for each
 ``--seq_len`` sets ``data.seq_len`` and ``model.max_len`` together (attention's
 ``T x T`` activations are what remat saves most of). On CPU the trainer compiles
 remat steps with XLA's ``cse_barrier_expander`` pass off
-(``train.trainer.remat_compiler_options``); ``--nokeep_barriers`` shows XLA:CPU's
+(``train.compile_options.remat_options``); ``--nokeep_barriers`` shows XLA:CPU's
 default, where remat saves nothing.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ def run(config, policies=POLICIES, seq_len: int = 0, steps: int = 10, warmup: in
   """One row per policy: memory, median step time and the gradient difference from the first."""
   import jax
   import numpy as np
-  from train import benchmark, trainer
+  from train import benchmark, compile_options
   device = jax.local_devices()[:1]
   built, rows = {}, []
   for policy in policies:
@@ -106,7 +106,7 @@ def run(config, policies=POLICIES, seq_len: int = 0, steps: int = 10, warmup: in
     # An empty pass list overrides the trainer's option: XLA:CPU's default compile.
     options = None if keep_barriers else {'xla_disable_hlo_passes': ''}
     b = benchmark.build(c, devices=device, compiler_options=options)
-    grad_options = trainer.remat_compiler_options(c) if keep_barriers else None
+    grad_options = compile_options.remat_options(c, jax.default_backend()) if keep_barriers else None
     b['grads'] = mean_loss_grads(b, c, grad_options)  # before the timed steps donate the state
     b['state'], _ = benchmark.time_steps(b['compiled'], b['state'], b['batch'], b['rng'], 0, warmup)
     b['times'] = []

@@ -31,6 +31,8 @@ def _assert_clean_error(proc, *words):
     (['--config', TINY, '--workdir', '{tmp}', '--config.data.name=nosuchdata'], ['nosuchdata']),
     (['--config', TINY, '--workdir', '{tmp}', '--config.batch_size=30'], ['not divisible']),
     (['--config', TINY, '--workdir', '{tmp}', '--config.mesh.data=3'], ['mesh']),
+    (['--config', TINY, '--workdir', '{tmp}', '--config.xla_options=--xla_nosuch=1'],
+     ['xla_options', 'xla_nosuch']),
 ])
 def test_bad_command_line_is_one_line_and_status_2(tmp_path, args, words):
   args = [a.replace('{tmp}', str(tmp_path / 'w')) for a in args]

@@ -1,7 +1,7 @@
 """Rematerialisation: equal gradients, and a real memory saving as the trainer compiles it.
 
 XLA:CPU drops ``jax.checkpoint``'s optimisation barriers by default, so remat would
-save nothing here; ``trainer.remat_compiler_options`` keeps them (see its docstring).
+save nothing here; ``compile_options.remat_options`` keeps them (see its docstring).
 """
 import importlib.util
 import os
@@ -13,7 +13,7 @@ import pytest
 
 from models.transformer import TransformerLM
 from tests.helpers import REPO, load_config
-from train import steps, tasks, trainer, validate
+from train import compile_options, steps, tasks, validate
 
 # Long enough that each layer's T x T attention activations dominate the temporaries.
 LAYERS, SEQ, BATCH = 4, 64, 4
@@ -30,7 +30,7 @@ def _grads_and_temps(remat: str):
   def mean_loss(p):
     loss_sum, (_, sums) = loss_fn(p, {}, batch, jax.random.key(1))
     return loss_sum / sums['loss'][1]
-  options = trainer.remat_compiler_options(types.SimpleNamespace(remat=remat))
+  options = compile_options.remat_options(types.SimpleNamespace(remat=remat), 'cpu') or None
   compiled = jax.jit(jax.grad(mean_loss)).lower(params).compile(compiler_options=options)
   return jax.device_get(compiled(params)), compiled.memory_analysis().temp_size_in_bytes
 
@@ -46,10 +46,10 @@ def test_remat_policies_give_equal_gradients_and_full_saves_memory():
   assert temp_dots < temp_none, (temp_dots, temp_none)
 
 
-def test_remat_compiler_options_only_where_needed():
-  assert trainer.remat_compiler_options(types.SimpleNamespace(remat='none')) is None
-  assert trainer.remat_compiler_options(types.SimpleNamespace(remat='full'), backend='gpu') is None
-  assert trainer.remat_compiler_options(types.SimpleNamespace(remat='dots'), backend='cpu') == {
+def test_remat_options_only_where_needed():
+  assert compile_options.remat_options(types.SimpleNamespace(remat='none'), 'cpu') == {}
+  assert compile_options.remat_options(types.SimpleNamespace(remat='full'), 'gpu') == {}
+  assert compile_options.remat_options(types.SimpleNamespace(remat='dots'), 'cpu') == {
       'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 

@@ -233,7 +233,7 @@ def build(config, devices=None, compiler_options=None):
   Returns a dict with ``model``, ``state``, ``compiled``, ``batch`` (on devices),
   ``host_batch`` (numpy), ``rng``, ``info``, ``compile_time_s`` and ``mesh``.
   """
-  from train import loss_scale, optim, steps, tasks, trainer
+  from train import compile_options, loss_scale, optim, steps, tasks, trainer
   from train import sharding as sharding_lib
   from train.state import make_init_fn
   devices = list(devices or jax.local_devices())
@@ -263,8 +263,10 @@ def build(config, devices=None, compiler_options=None):
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
   batch = sharding_lib.shard_batch(host_batch, batch_sharding)
   t0 = time.perf_counter()
-  # As the trainer compiles it (remat keeps its barriers on CPU), plus the caller's options.
-  options = {**(trainer.remat_compiler_options(config) or {}), **(compiler_options or {})} or None
+  # As the trainer compiles it (train/compile_options.py), plus the caller's options.
+  conv = compile_options.has_convolutions(abstract_state.params)
+  options = {**(compile_options.step_options(config, devices[0].platform, conv) or {}),
+             **(compiler_options or {})} or None
   compiled = train_step.lower(state, batch, step_rng).compile(compiler_options=options)
   compile_time = time.perf_counter() - t0
   return dict(model=model, state=state, compiled=compiled, batch=batch, host_batch=host_batch,

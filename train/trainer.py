@@ -21,7 +21,7 @@ import models
 from train import checkpoint as ckpt_lib
 from train import loss_scale as loss_scale_lib
 from train import metrics as metrics_lib
-from train import optim, pmap_path, steps, tasks
+from train import compile_options, optim, pmap_path, steps, tasks
 from train import sharding as sharding_lib
 from train import workdir as workdir_lib
 from train.data import bucketing, pipeline, sources
@@ -152,6 +152,8 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
   # Steps, compiled ahead of step 1 so the memory report comes before training.
   step_kw = dict(label_smoothing=config.label_smoothing, grad_accum_steps=config.grad_accum_steps,
                  schedule=schedule, adversarial_epsilon=config.adversarial_epsilon)
+  xla_options = compile_options.step_options(
+      config, mesh.devices.flat[0].platform, compile_options.has_convolutions(abstract_state.params))
   if use_pmap:
     pmapped = pmap_path.pmap_train_step(
         steps.make_train_step(model, task_fn, axis_name=pmap_path.AXIS, **step_kw))
@@ -162,7 +164,9 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
     t0 = time.perf_counter()
     example = put_batch({k: np.zeros(np.shape(v), np.asarray(v).dtype)
                          for k, v in longest_batch.items()})
-    aot_step, aot_key = pmapped.lower(state, example, step_rng).compile(), _shape_key(example)
+    # pmap itself takes no compiler options: only this shape's step has them.
+    aot_step = pmapped.lower(state, example, step_rng).compile(compiler_options=xla_options)
+    aot_key = _shape_key(example)
     logging.info('train step (pmap) for inputs %s compiled in %.1fs; %s', example['inputs'].shape,
                  time.perf_counter() - t0, memory_report(aot_step))
 
@@ -174,14 +178,13 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
         in_shardings=(state_shardings, batch_sharding, sharding_lib.replicated(mesh)),
         out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
     eval_step = jax.jit(steps.make_eval_step(model, task_fn),
-                        in_shardings=(state_shardings, batch_sharding))
+                        in_shardings=(state_shardings, batch_sharding), compiler_options=xla_options)
     put_batch = lambda b: sharding_lib.shard_batch(b, batch_sharding)
     by_shape = {}  # one compiled step per batch shape (bucket length)
 
     def compile_for(state, batch):
       t0 = time.perf_counter()
-      step_fn = train_step.lower(state, batch, step_rng).compile(
-          compiler_options=remat_compiler_options(config))
+      step_fn = train_step.lower(state, batch, step_rng).compile(compiler_options=xla_options)
       by_shape[_shape_key(batch)] = step_fn
       logging.info('train step for inputs %s compiled in %.1fs; %s', batch['inputs'].shape,
                    time.perf_counter() - t0, memory_report(step_fn))
@@ -290,20 +293,6 @@ def train_and_evaluate(config, workdir: str, control: RunControl | None = None) 
 def _shape_key(batch) -> tuple:
   """The batch's (key, shape) pairs, sorted: which compiled step (bucket length) it needs."""
   return tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
-
-
-def remat_compiler_options(config, backend: str | None = None) -> dict | None:
-  """XLA options that make ``config.remat`` save memory on the CPU backend, else None.
-
-  XLA:CPU removes the optimisation barriers that ``jax.checkpoint`` puts around the
-  recomputation (its ``cse_barrier_expander`` pass) before it schedules, so the
-  recomputed forward is scheduled early and every layer's activations stay live:
-  no saving, only the extra FLOPs. With that pass off the barriers stay, and so
-  does the saving (experiments/README.md). GPU and TPU keep the barriers anyway.
-  """
-  if config.remat == 'none' or (backend or jax.default_backend()) != 'cpu':
-    return None
-  return {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 def memory_report(compiled) -> str:

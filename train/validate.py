@@ -41,6 +41,20 @@ def _check_loss_scale(c) -> None:
         f'loss_scale.min must be in (0, loss_scale.initial={s["initial"]}], got {s["min"]}')
 
 
+def _check_xla_options(text: str) -> None:
+  """Syntax here; names and values by compiling a one-op program with them (what XLA accepts)."""
+  from train import compile_options
+  try:
+    options = compile_options.parse_xla_options(text)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if options:
+    try:
+      jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=options)
+    except Exception as e:  # XLA's own words name the option: "No such compile option: 'x'"
+      raise ConfigError(f'xla_options: {str(e).strip().splitlines()[0]}') from None
+
+
 def check_config(config) -> None:
   c = config
   _need(c.batch_size > 0, f'batch_size must be positive, got {c.batch_size}')
@@ -75,6 +89,7 @@ def check_config(config) -> None:
   _need(c.on_nonfinite in ('stop', 'skip'), f"on_nonfinite must be 'stop' or 'skip', got {c.on_nonfinite!r}")
   _need(c.grad_accum_steps >= 1, f'grad_accum_steps must be >= 1, got {c.grad_accum_steps}')
   _check_loss_scale(c)
+  _check_xla_options(c.get('xla_options', ''))
   for key in ('b1', 'b2', 'momentum'):
     v = c.optimizer[key]
     _need(0 <= v < 1, f'optimizer.{key} must be in [0, 1), got {v}')
