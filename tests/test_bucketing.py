@@ -115,7 +115,8 @@ def test_trainer_compiles_one_step_per_bucket_shape(tmp_path, caplog):
   # two bucket lengths (16, 32) keep the compile count, and so the test, small.
   config = load_config('configs/sst2_bilstm.py', 'tiny', **{
       'data.dir': str(tmp_path / 'data'), 'data.bucket_boundaries': (16,), 'data.seq_len': 32,
-      'num_train_steps': 8})
+      # adversarial training is the BiLSTM config's; the encoder has no perturbation point
+      'num_train_steps': 8, 'adversarial_epsilon': 0.0})
   set_model(config, 'bert_classifier')
   config.model.update(num_layers=1, num_heads=1, hidden_size=16, mlp_dim=16, max_len=32)
   caplog.set_level(logging.INFO)

@@ -79,7 +79,8 @@ def _set_in_environment(flag: str) -> bool:
 def _cpu_accepts(flag: str, value: str) -> bool:
   """Whether this jaxlib's XLA:CPU takes the option (older ones lack YNNPACK and its flag)."""
   try:
-    jax.jit(lambda x: x + 1, backend='cpu').lower(1.0).compile(compiler_options={flag: value})
+    one = jax.device_put(1.0, jax.local_devices(backend='cpu')[0])
+    jax.jit(lambda x: x + 1).lower(one).compile(compiler_options={flag: value})
     return True
   except Exception:  # "No such compile option" / not a valid enum value
     return False
