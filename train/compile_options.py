@@ -75,15 +75,23 @@ def _set_in_environment(flag: str) -> bool:
   return f'--{flag}=' in os.environ.get('XLA_FLAGS', '')
 
 
+def rejection(options: dict[str, str], device=None) -> str | None:
+  """XLA's complaint (its first line) about compiling a one-op program with ``options``, or None.
+
+  E.g. "INVALID_ARGUMENT: No such compile option: 'xla_x'", or a value that is not a valid enum.
+  """
+  one = 1.0 if device is None else jax.device_put(1.0, device)
+  try:
+    jax.jit(lambda x: x + 1).lower(one).compile(compiler_options=options)
+  except Exception as e:  # XLA raises its runtime error type; only the message matters here
+    return str(e).strip().splitlines()[0]
+  return None
+
+
 @functools.cache
 def _cpu_accepts(flag: str, value: str) -> bool:
   """Whether this jaxlib's XLA:CPU takes the option (older ones lack YNNPACK and its flag)."""
-  try:
-    one = jax.device_put(1.0, jax.local_devices(backend='cpu')[0])
-    jax.jit(lambda x: x + 1).lower(one).compile(compiler_options={flag: value})
-    return True
-  except Exception:  # "No such compile option" / not a valid enum value
-    return False
+  return rejection({flag: value}, jax.local_devices(backend='cpu')[0]) is None
 
 
 def step_options(config, platform: str | None = None,
