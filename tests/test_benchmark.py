@@ -126,6 +126,19 @@ def test_top_ops_rank_ops_of_the_compiled_step(tmp_path):
   rows = op_profile.top_ops(path, built['compiled'].as_text(), steps=2, count=5)
   assert rows and all(r['name'] in ops and r['ms_per_step'] > 0 for r in rows)
   assert [r['ms_per_step'] for r in rows] == sorted((r['ms_per_step'] for r in rows), reverse=True)
+  events = op_profile.trace_events(path)
+  idle = op_profile.untraced_ms(events, built['compiled'].as_text(), steps=2)
+  steps = [e['dur'] / 1e3 for e in events if e['name'] == op_profile.STEP_EVENT]
+  assert len(steps) == 2 and 0 <= idle <= max(steps)
+
+
+def test_uncovered_time_merges_overlapping_ops_and_clips_to_the_step():
+  from train import op_profile
+  ops = [(10, 30), (20, 40), (60, 70), (95, 120)]  # two overlap; the last runs past the step
+  # The step [0, 100] is covered on 10-40, 60-70 and 95-100: 45 of its 100.
+  assert op_profile.uncovered(ops, [(0, 100)]) == 55
+  assert op_profile.uncovered(ops, [(0, 100), (200, 210)]) == 65  # a second step with no op
+  assert op_profile.uncovered([], [(5, 8)]) == 3
 
 
 def test_bench_transposed_dots_measures_folded_and_written_out_forms():

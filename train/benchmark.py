@@ -663,11 +663,17 @@ def trace_report(config, trace_dir: str, steps: int) -> str:
   built = build(config, compiler_options=op_profile.compiler_options() or None)
   path = op_profile.trace_steps(built, trace_dir, steps)
   head = f'trace          {path} ({steps} steps; open it in TensorBoard\'s profile plugin or xprof)'
+  hlo = built['compiled'].as_text()
   try:
-    rows = op_profile.top_ops(path, built['compiled'].as_text(), steps)
+    events = op_profile.trace_events(path)
   except ImportError as e:
     return f'{head}\n               {e}'
-  return f'{head}\n{op_profile.format_ops(rows)}'
+  text = f'{head}\n{op_profile.format_ops(op_profile.top_ops(path, hlo, steps, events=events))}'
+  idle = op_profile.untraced_ms(events, hlo, steps)
+  if idle is not None:
+    text += (f'\n{idle:9.2f}  (no op event)             in the step, between op events: Eigen dots '
+             'and convolutions, whose events end at launch')
+  return text
 
 
 def json_line(result: dict) -> str:
