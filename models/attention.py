@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.linear import flat_dot_general
+
 IMPLEMENTATIONS = ('auto', 'xla', 'jax', 'cudnn')
 
 
@@ -138,7 +140,8 @@ class MultiHeadAttention(nn.Module):
     b, t, _ = x.shape
     head_dim = self.hidden_size // self.num_heads
     dense = lambda name: nn.Dense(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                                  kernel_init=self.kernel_init, name=name)
+                                  kernel_init=self.kernel_init, dot_general=flat_dot_general,
+                                  name=name)
     split = lambda y: y.reshape(b, t, self.num_heads, head_dim)
     q, k, v = (split(dense(n)(x)) for n in ('query', 'key', 'value'))
     if self.rotary:

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams, flip_sequences
 
+from models.linear import flat_dot_general
+
 __all__ = ['CELLS', 'HoistedLSTM', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
 
 # The optimized LSTM cell has the same parameters as nn.LSTMCell (ii/if/ig/io, hi/hf/hg/ho)
@@ -260,7 +262,8 @@ class RNNClassifier(nn.Module):
     x = drop(x)
     y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, self.bidirectional,
                    self.dropout_rate, self.dtype, self.param_dtype, name='encoder')(x, lengths, train)
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
+                              dot_general=flat_dot_general)
     if self.pooling == 'attention':
       y = drop(y)
       real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
@@ -311,7 +314,7 @@ class RNNLM(nn.Module):
                    self.dtype, self.param_dtype, name='encoder')(x, None, train)
     y = drop(y)
     return nn.Dense(self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='head')(y).astype(jnp.float32)
+                    dot_general=flat_dot_general, name='head')(y).astype(jnp.float32)
 
 
 PRESETS = {

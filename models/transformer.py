@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import MultiHeadAttention, padding_mask
+from models.linear import flat_dot_general, over_rows
 from models.sampling import generate
 
 __all__ = ['Transformer', 'TransformerBlock', 'TransformerLM', 'Embeddings', 'BertEncoder',
@@ -110,9 +111,10 @@ class TransformerBlock(nn.Module):
     drop = lambda y: nn.Dropout(self.dropout_rate, deterministic=not train)(y)
 
     def mlp(y):
-      y = nn.Dense(self.mlp_dim, kernel_init=INIT, name='mlp_in', **kw)(y)
+      dense = functools.partial(nn.Dense, kernel_init=INIT, dot_general=flat_dot_general, **kw)
+      y = dense(self.mlp_dim, name='mlp_in')(y)
       y = ACTIVATIONS[self.activation](y)
-      return nn.Dense(self.hidden_size, kernel_init=INIT, name='mlp_out', **kw)(y)
+      return dense(self.hidden_size, name='mlp_out')(y)
 
     attention_norm = _layer_norm(self.layer_norm_eps, name='attention_norm', **kw)
     mlp_norm = _layer_norm(self.layer_norm_eps, name='mlp_norm', **kw)
@@ -223,7 +225,8 @@ class Embeddings(nn.Module):
     return self.dropout(x, deterministic=not train)
 
   def attend(self, x):
-    return self.word_embeddings.attend(x)
+    # Over rows [B*T, D], as the Dense layers (models/linear.py): a 2-D weight gradient.
+    return over_rows(self.word_embeddings.attend, x)
 
 
 class TransformerLM(Transformer):
@@ -258,7 +261,8 @@ class TransformerLM(Transformer):
       logits = embed.attend(x)
     else:
       logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                        param_dtype=self.param_dtype, kernel_init=INIT, name='lm_head')(x)
+                        param_dtype=self.param_dtype, kernel_init=INIT,
+                        dot_general=flat_dot_general, name='lm_head')(x)
     return logits.astype(jnp.float32)
 
 
@@ -341,7 +345,8 @@ class BertMLM(_BertFields):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     encoder = BertEncoder(**_encoder_kwargs(self), name='encoder')
     h = encoder(tokens, mask, train, token_types)
-    y = nn.Dense(self.hidden_size, kernel_init=INIT, name='mlm_transform', **kw)(h)
+    y = nn.Dense(self.hidden_size, kernel_init=INIT, dot_general=flat_dot_general,
+                 name='mlm_transform', **kw)(h)
     y = ACTIVATIONS[self.activation](y)
     y = _layer_norm(self.layer_norm_eps, name='mlm_norm', **kw)(y)
     bias = self.param('mlm_bias', nn.initializers.zeros, (self.vocab_size,), self.param_dtype)

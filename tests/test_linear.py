@@ -1,0 +1,82 @@
+"""models/linear.py: Dense over token sequences as a 2-D matmul, with the same values and gradients."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from models.linear import flat_dot_general, over_rows
+from models.transformer import TransformerLM
+
+
+def _dense_loss(dot_general):
+  dense = nn.Dense(24, dot_general=dot_general)
+  x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+  params = dense.init(jax.random.key(1), x)
+  loss = lambda p, x: jnp.sum(jnp.sin(dense.apply(p, x)))
+  return loss, params, x
+
+
+def test_flat_dense_matches_plain_dense_values_and_gradients():
+  flat_loss, params, x = _dense_loss(flat_dot_general)
+  plain_loss, _, _ = _dense_loss(None)
+  np.testing.assert_allclose(flat_loss(params, x), plain_loss(params, x), rtol=1e-6)
+  flat_grads = jax.grad(flat_loss, argnums=(0, 1))(params, x)
+  plain_grads = jax.grad(plain_loss, argnums=(0, 1))(params, x)
+  for a, b in zip(jax.tree.leaves(flat_grads), jax.tree.leaves(plain_grads)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def _contracting_dims(fn, *args):
+  jaxpr = jax.make_jaxpr(fn)(*args)
+  dims = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'dot_general':
+        (lc, rc), _ = eqn.params['dimension_numbers']
+        dims.append((len(lc), len(rc)))
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+  walk(jaxpr.jaxpr)
+  return dims
+
+
+def test_weight_gradient_contracts_one_flattened_axis():
+  # The point of the module: dW = x^T dy over B*T rows (one contracting axis), where the plain
+  # Dense contracts B and T separately, which XLA:CPU runs through a transposed copy of dy.
+  flat_loss, params, x = _dense_loss(flat_dot_general)
+  plain_loss, _, _ = _dense_loss(None)
+  assert set(_contracting_dims(jax.grad(flat_loss), params, x)) == {(1, 1)}
+  assert (2, 2) in _contracting_dims(jax.grad(plain_loss), params, x)
+
+
+def test_other_contractions_pass_through():
+  a = jax.random.normal(jax.random.key(2), (2, 3, 4, 5))
+  b = jax.random.normal(jax.random.key(3), (2, 3, 5, 6))
+  batched = (((3,), (2,)), ((0, 1), (0, 1)))
+  np.testing.assert_array_equal(flat_dot_general(a, b, batched), lax.dot_general(a, b, batched))
+  m = jax.random.normal(jax.random.key(4), (4, 7))
+  w = jax.random.normal(jax.random.key(5), (7, 3))
+  two_d = (((1,), (0,)), ((), ()))
+  np.testing.assert_array_equal(flat_dot_general(m, w, two_d), lax.dot_general(m, w, two_d))
+
+
+def test_over_rows_restores_the_leading_shape():
+  x = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4)
+  y = over_rows(lambda r: jnp.concatenate([r, r], axis=-1), x)
+  assert y.shape == (2, 3, 8)
+  np.testing.assert_array_equal(y[..., :4], x)
+
+
+def test_transformer_lm_gradients_contract_one_axis_per_dot():
+  model = TransformerLM(vocab_size=11, num_layers=1, num_heads=2, hidden_size=8, mlp_dim=16,
+                        max_len=6)
+  tokens = jnp.zeros((2, 6), jnp.int32)
+  params = model.init(jax.random.key(0), tokens)
+  loss = lambda p: jnp.sum(model.apply(p, tokens) ** 2)
+  dims = _contracting_dims(jax.grad(loss), params)
+  # Every Dense, the tied output embedding and their gradients: one contracting axis each.
+  # (Attention's batched dots also contract one axis.)
+  assert dims and all(d == (1, 1) for d in dims), dims
