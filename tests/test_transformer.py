@@ -72,6 +72,22 @@ def test_attention_gradients_agree_across_implementations():
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize('t', [6, 7])
+def test_causal_attention_halves_keep_dropout_bits_of_the_whole(t):
+  """Causal self-attention runs as two query halves (even T) or whole (odd T); either way the
+  dropout mask is the one an unsplit softmax draws, so results equal the one-block formula."""
+  q, k, v = (np.random.default_rng(i).normal(size=(2, t, 3, 4)).astype(np.float32) for i in range(3))
+  rate, rng = 0.3, key(5)
+  out = dot_product_attention(q, k, v, causal=True, dropout_rate=rate, dropout_rng=rng)
+  keep = np.asarray(jax.random.bernoulli(rng, 1.0 - rate, (2, 3, t, t)))
+  hm = lambda x: np.asarray(x, np.float64).transpose(0, 2, 1, 3)
+  logits = hm(q) @ hm(k).transpose(0, 1, 3, 2) / 2.0
+  logits = np.where(np.tril(np.ones((t, t), bool)), logits, -np.inf)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p = np.where(keep, p / p.sum(-1, keepdims=True) / (1.0 - rate), 0.0)
+  np.testing.assert_allclose(out, (p @ hm(v)).transpose(0, 2, 1, 3), atol=1e-5)
+
+
 def test_unknown_attention_implementation_is_an_error():
   q = np.zeros((1, 2, 1, 4), np.float32)
   with pytest.raises(ValueError, match='must be one of'):
