@@ -7,6 +7,7 @@ from jax import lax
 
 from models.linear import flat_dot_general, over_rows
 from models.transformer import TransformerLM
+from train.benchmark import sub_jaxprs
 
 
 def _dense_loss(dot_general):
@@ -37,7 +38,7 @@ def _contracting_dims(fn, *args):
       if eqn.primitive.name == 'dot_general':
         (lc, rc), _ = eqn.params['dimension_numbers']
         dims.append((len(lc), len(rc)))
-      for sub in jax.core.jaxprs_in_params(eqn.params):
+      for sub in sub_jaxprs(eqn.params):
         walk(sub)
   walk(jaxpr.jaxpr)
   return dims

@@ -128,7 +128,8 @@ def xla_flops(compiled) -> float | None:
   return float(flops) if flops and flops > 0 else None
 
 
-def _sub_jaxprs(params):
+def sub_jaxprs(params):
+  """The jaxprs inside one equation's params (a scan's body, cond's branches, a pjit's callee)."""
   for v in params.values():
     for x in (v if isinstance(v, (list, tuple)) else (v,)):
       if hasattr(x, 'eqns'):
@@ -157,7 +158,7 @@ def jaxpr_matmul_flops(jaxpr) -> tuple[float, bool]:
       total += 2.0 * np.prod(out, dtype=np.float64) * kernel
     times = eqn.params['length'] if name == 'scan' else 1
     loops |= name in ('scan', 'while')
-    subs = [jaxpr_matmul_flops(j) for j in _sub_jaxprs(eqn.params)]
+    subs = [jaxpr_matmul_flops(j) for j in sub_jaxprs(eqn.params)]
     if subs:
       # cond runs one branch: count the costliest; anything else runs its sub-programs.
       f = max(f for f, _ in subs) if name == 'cond' else sum(f for f, _ in subs)
