@@ -141,13 +141,19 @@ def test_uncovered_time_merges_overlapping_ops_and_clips_to_the_step():
   assert op_profile.uncovered([], [(5, 8)]) == 3
 
 
-def test_bench_transposed_dots_measures_folded_and_written_out_forms():
+def _experiment(name: str):
+  """The module of ``experiments/NAME.py`` (a script folder, not a package)."""
   import importlib.util
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      'experiments', 'bench_transposed_dots.py')
-  spec = importlib.util.spec_from_file_location('bench_transposed_dots', path)
-  bench = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(bench)
+                      'experiments', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_transposed_dots_measures_folded_and_written_out_forms():
+  bench = _experiment('bench_transposed_dots')
   x = jax.random.normal(jax.random.key(0), (64, 32))
   np.testing.assert_array_equal(bench.transposed(x), x.T)
   rows = bench.measure([('w', 'weight', 64, 32, 16), ('i', 'input', 32, 64, 16)], reps=2)
@@ -155,3 +161,16 @@ def test_bench_transposed_dots_measures_folded_and_written_out_forms():
   for r in rows:
     assert r['max_abs_diff'] < 1e-4  # both forms compute the same product
     assert min(r['folded'], r['out'], r['plain']) > 0
+
+
+def test_bench_attention_core_rates_each_dot_library_on_the_same_products():
+  bench = _experiment('bench_attention_core')
+  rows = bench.dot_rates(batch=4, seq_len=16, head_dim=8, libraries=('ynn', 'eigen'), reps=2)
+  assert [r['name'] for r in rows] == list(bench.FORMS)
+  for r in rows:
+    assert r['gflops']['ynn'] > 0 and r['gflops']['eigen'] > 0
+    assert r['max_abs_diff']['eigen'] < 1e-4  # both libraries compute the same product
+  with pytest.raises(ValueError, match='unknown dot library'):
+    bench.library_options('mkl')
+  ms = bench.core_times(batch=2, seq_len=8, heads=2, head_dim=4, reps=2)
+  assert ms['jaxlab'] > 0
