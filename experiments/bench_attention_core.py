@@ -58,14 +58,18 @@ def library_options(library: str) -> dict:
   raise ValueError(f'unknown dot library {library!r}: ynn, eigen or onednn')
 
 
-def _median_seconds(fn, reps: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
+def _median_seconds(runs: dict, reps: int) -> dict:
+  """``{name: median seconds}`` of calling each of ``runs`` (name -> function), after one
+  warm-up call each; the calls are interleaved, so a noisy neighbour hits all alike."""
+  for fn in runs.values():
     jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return float(np.median(times))
+  times = {name: [] for name in runs}
+  for _ in range(reps):
+    for name, fn in runs.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t)
+  return {name: float(np.median(ts)) for name, ts in times.items()}
 
 
 def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen', 'onednn'),
@@ -91,7 +95,7 @@ def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen'
       out = step(a, b)
       first = out if first is None else first
       diffs[library] = float(jnp.max(jnp.abs(out - first)))
-      gflops[library] = flops / _median_seconds(lambda: step(a, b), reps) / 1e9
+      gflops[library] = flops / _median_seconds({library: lambda: step(a, b)}, reps)[library] / 1e9
     rows.append({'name': name, 'gflops': gflops, 'max_abs_diff': diffs})
   return rows
 
@@ -106,7 +110,7 @@ def core_times(batch: int, seq_len: int, heads: int, head_dim: int, reps: int = 
   loss = lambda q, k, v: jnp.vdot(attention.dot_product_attention(q, k, v, causal=True), g)
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile(
       compiler_options=library_options('ynn'))
-  runs = {'jaxlab': lambda: jax.block_until_ready(grads(q, k, v))}
+  runs = {'jaxlab': lambda: grads(q, k, v)}
   try:
     import torch
     import torch.nn.functional as F
@@ -121,15 +125,7 @@ def core_times(batch: int, seq_len: int, heads: int, head_dim: int, reps: int = 
     runs['torch_sdpa'] = sdpa
   except ImportError:
     pass
-  times = {name: [] for name in runs}
-  for fn in runs.values():
-    fn()  # compile / warm up
-  for _ in range(reps):
-    for name, fn in runs.items():
-      t = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - t)
-  return {name: float(np.median(ts)) * 1e3 for name, ts in times.items()}
+  return {name: seconds * 1e3 for name, seconds in _median_seconds(runs, reps).items()}
 
 
 def main() -> None:
