@@ -7,7 +7,8 @@ per dot at the char Transformer's shapes (B=32, T=128, N=4, H=64). This prints:
    (``q k^T``, ``p v`` and the transposed-left ``p^T dO``), compiled for each dot
    library XLA:CPU offers: YNNPACK (the trainer's default), Eigen (no library
    fusion) and oneDNN (``xla_cpu_use_onednn`` with ``INDIVIDUAL_DOT`` fusions; n/a
-   where this jaxlib refuses the options);
+   where this jaxlib refuses the options), each with the CPU seconds it keeps busy per
+   wall second (about 1.0: the dot ran on one thread);
 2. one layer's attention core, forward and backward: jaxlab's
    ``dot_product_attention(causal=True)`` compiled as the trainer compiles it, and
    PyTorch's ``F.scaled_dot_product_attention(is_causal=True)`` where torch is
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 
 from models import attention  # noqa: E402
 from train import compile_options  # noqa: E402
+from train.benchmark import interleaved_medians  # noqa: E402
 from train.runtime import tune_malloc  # noqa: E402
 
 # The batched dots of softmax attention in heads-major layout, as einsum equations
@@ -58,24 +60,21 @@ def library_options(library: str) -> dict:
   raise ValueError(f'unknown dot library {library!r}: ynn, eigen or onednn')
 
 
-def _median_seconds(runs: dict, reps: int) -> dict:
-  """``{name: median seconds}`` of calling each of ``runs`` (name -> function), after one
-  warm-up call each; the calls are interleaved, so a noisy neighbour hits all alike."""
-  for fn in runs.values():
-    jax.block_until_ready(fn())
-  times = {name: [] for name in runs}
+def cores_busy(fn, reps: int = 20) -> float:
+  """The process's CPU seconds per wall second over ``reps`` calls of ``fn``: about 1.0 for a
+  kernel that runs on one thread, up to the core count for one that uses them all."""
+  jax.block_until_ready(fn())
+  cpu, wall = time.process_time(), time.perf_counter()  # CPU time of all the process's threads
   for _ in range(reps):
-    for name, fn in runs.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t)
-  return {name: float(np.median(ts)) for name, ts in times.items()}
+    jax.block_until_ready(fn())
+  return (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
 def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen', 'onednn'),
               reps: int = 20, seed: int = 0) -> list[dict]:
-  """One row per form: ``name``, ``gflops`` {library: GFLOP/s or None where refused} and
-  ``max_abs_diff`` of each library's product from the first library's."""
+  """One row per form: ``name``, ``gflops`` {library: GFLOP/s or None where refused},
+  ``cores`` {library: :func:`cores_busy` or None} and ``max_abs_diff`` of each library's
+  product from the first library's."""
   rng = np.random.default_rng(seed)
   dims = {'t': seq_len, 's': seq_len, 'h': head_dim}
   rows = []
@@ -84,19 +83,20 @@ def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen'
     a = jnp.asarray(rng.standard_normal((batch, *(dims[d] for d in lhs[1:]))), jnp.float32)
     b = jnp.asarray(rng.standard_normal((batch, *(dims[d] for d in rhs[1:]))), jnp.float32)
     flops = 2 * batch * seq_len * seq_len * head_dim
-    gflops, diffs, first = {}, {}, None
+    gflops, cores, diffs, first = {}, {}, {}, None
     for library in libraries:
       options = library_options(library)
       if compile_options.rejection(options) is not None:
-        gflops[library] = diffs[library] = None
+        gflops[library] = cores[library] = diffs[library] = None
         continue
       step = jax.jit(lambda a, b: jnp.einsum(equation, a, b)).lower(a, b).compile(
           compiler_options=options)
       out = step(a, b)
       first = out if first is None else first
       diffs[library] = float(jnp.max(jnp.abs(out - first)))
-      gflops[library] = flops / _median_seconds({library: lambda: step(a, b)}, reps)[library] / 1e9
-    rows.append({'name': name, 'gflops': gflops, 'max_abs_diff': diffs})
+      gflops[library] = flops / interleaved_medians({library: lambda: step(a, b)}, reps)[library] / 1e9
+      cores[library] = cores_busy(lambda: step(a, b), reps)
+    rows.append({'name': name, 'gflops': gflops, 'cores': cores, 'max_abs_diff': diffs})
   return rows
 
 
@@ -125,7 +125,7 @@ def core_times(batch: int, seq_len: int, heads: int, head_dim: int, reps: int = 
     runs['torch_sdpa'] = sdpa
   except ImportError:
     pass
-  return {name: seconds * 1e3 for name, seconds in _median_seconds(runs, reps).items()}
+  return {name: seconds * 1e3 for name, seconds in interleaved_medians(runs, reps).items()}
 
 
 def main() -> None:
@@ -139,13 +139,13 @@ def main() -> None:
   tune_malloc()
   b, t, n, h = args.batch, args.seq_len, args.heads, args.head_dim
   print(f'{jax.devices()[0].device_kind}, float32, {b * n} products of {t} x {h} x {t}; '
-        f'GFLOP/s (median of {args.reps})')
+        f'GFLOP/s (median of {args.reps}) and, in brackets, CPU seconds per wall second')
   rows = dot_rates(b * n, t, h, reps=args.reps)
   libraries = list(rows[0]['gflops'])
-  print(f"{'batched dot':26s}" + ''.join(f'{lib:>9s}' for lib in libraries))
+  print(f"{'batched dot':26s}" + ''.join(f'{lib:>15s}' for lib in libraries))
   for r in rows:
     print(f"{r['name']:26s}" + ''.join(
-        f"{'n/a' if r['gflops'][lib] is None else format(r['gflops'][lib], '.1f'):>9s}"
+        f"{'n/a' if r['gflops'][lib] is None else format(r['gflops'][lib], '.1f') + ' (' + format(r['cores'][lib], '.2f') + ')':>15s}"
         for lib in libraries))
   ms = core_times(b, t, n, h, reps=args.reps)
   print(f'causal attention core [{b}, {t}, {n}, {h}], forward + backward: ' +

@@ -11,9 +11,9 @@ too), and of a plain ``[M, K] x [K, N]`` dot with the same sizes, each the media
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -21,6 +21,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from train.benchmark import interleaved_medians  # noqa: E402
 from train.runtime import tune_malloc  # noqa: E402
 
 # (name, kind, K rows contracted or the shared dim, M, N): 'weight' is x[K, M]^T dy[K, N],
@@ -42,14 +43,7 @@ def transposed(a):
 
 def _timed(fns: dict, args: dict, reps: int = 20) -> dict:
   compiled = {k: jax.jit(f).lower(*args[k]).compile() for k, f in fns.items()}
-  times = {k: [] for k in fns}
-  for _ in range(reps):
-    for k, c in compiled.items():
-      jax.block_until_ready(c(*args[k]))
-      t = time.perf_counter()
-      jax.block_until_ready(c(*args[k]))
-      times[k].append(time.perf_counter() - t)
-  return {k: float(np.median(v)) for k, v in times.items()}
+  return interleaved_medians({k: functools.partial(c, *args[k]) for k, c in compiled.items()}, reps)
 
 
 def measure(shapes=SHAPES, reps: int = 20, seed: int = 0) -> list[dict]:

@@ -141,6 +141,14 @@ def test_uncovered_time_merges_overlapping_ops_and_clips_to_the_step():
   assert op_profile.uncovered([], [(5, 8)]) == 3
 
 
+def test_interleaved_medians_warms_each_run_up_then_times_them_in_turn():
+  calls = []
+  runs = {'a': lambda: calls.append('a'), 'b': lambda: calls.append('b')}
+  medians = benchmark.interleaved_medians(runs, reps=3)
+  assert calls == ['a', 'b'] * 4  # one warm-up round, then three timed rounds
+  assert set(medians) == {'a', 'b'} and min(medians.values()) >= 0
+
+
 def _experiment(name: str):
   """The module of ``experiments/NAME.py`` (a script folder, not a package)."""
   import importlib.util
@@ -169,8 +177,18 @@ def test_bench_attention_core_rates_each_dot_library_on_the_same_products():
   assert [r['name'] for r in rows] == list(bench.FORMS)
   for r in rows:
     assert r['gflops']['ynn'] > 0 and r['gflops']['eigen'] > 0
+    assert r['cores']['ynn'] > 0 and r['cores']['eigen'] > 0
     assert r['max_abs_diff']['eigen'] < 1e-4  # both libraries compute the same product
   with pytest.raises(ValueError, match='unknown dot library'):
     bench.library_options('mkl')
   ms = bench.core_times(batch=2, seq_len=8, heads=2, head_dim=4, reps=2)
+  assert ms['jaxlab'] > 0
+
+
+def test_bench_lstm_layer_times_both_layouts_of_the_same_recurrence():
+  bench = _experiment('bench_lstm_layer')
+  ms = bench.loop_times(steps=5, batch=3, hidden=8, reps=2)
+  assert all(ms[name] > 0 for name in bench.LOOPS)
+  assert ms['max_abs_diff'] < 1e-5  # both layouts chain the same products
+  ms = bench.layer_times(steps=4, batch=2, input_dim=3, hidden=5, reps=2)
   assert ms['jaxlab'] > 0

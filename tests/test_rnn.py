@@ -307,3 +307,27 @@ def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
   assert np.abs(ga[1]).max() > 0.01  # the input gradient (hand-written too) is not trivially 0
   for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
     np.testing.assert_allclose(u, v, atol=1e-5)
+
+
+def test_lstm_recurrence_runs_feature_major():
+  """Each step's matmul puts the 4H gate rows on the long side ([4H, H] x [H, B] forward,
+  [H, 4H] x [4H, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, 4H];
+  and after the loop each weight gradient is one dot over the T*B columns."""
+  from models.rnn import lstm_time_major
+  from train.benchmark import sub_jaxprs
+  steps, batch, d, h = 7, 3, 5, 6
+  args = (jnp.ones((steps, batch, d)), jnp.ones((d, 4 * h)), jnp.ones(4 * h), jnp.ones((h, 4 * h)))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: lstm_time_major(*a).sum(), (0, 1, 2, 3)))(*args)
+  in_loop, outside = [], []
+
+  def walk(jaxpr, found):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'dot_general':
+        found.append(tuple(tuple(v.aval.shape) for v in eqn.invars))
+      for sub in sub_jaxprs(eqn.params):
+        walk(sub, in_loop if eqn.primitive.name == 'scan' else found)
+  walk(jaxpr.jaxpr, outside)
+  assert sorted(set(in_loop)) == [((h, 4 * h), (4 * h, batch)), ((4 * h, h), (h, batch))]
+  # the weight gradients: dz [4H, T*B] times h_prev [T*B, H] and x [T*B, D]
+  assert ((4 * h, steps * batch), (steps * batch, h)) in outside
+  assert ((4 * h, steps * batch), (steps * batch, d)) in outside

@@ -201,6 +201,21 @@ def measure_matmul_peak(dtype='float32', n: int = 2048, reps: int = 10, device=N
   return 2 * n ** 3 / statistics.median([once() for _ in range(reps)])
 
 
+def interleaved_medians(runs: dict, reps: int = 20) -> dict[str, float]:
+  """``{name: median seconds}`` of ``reps`` calls of each of ``runs`` (name -> function of no
+  arguments), after one warm-up call each. The calls are interleaved round by round, so a
+  neighbour's load on a shared machine hits every candidate alike."""
+  for fn in runs.values():
+    jax.block_until_ready(fn())
+  times = {name: [] for name in runs}
+  for _ in range(reps):
+    for name, fn in runs.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t0)
+  return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _usage():
   """(minor page faults, system CPU seconds) of this process so far, or None off Unix."""
   try:
