@@ -94,8 +94,9 @@ def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen'
       out = step(a, b)
       first = out if first is None else first
       diffs[library] = float(jnp.max(jnp.abs(out - first)))
-      gflops[library] = flops / interleaved_medians({library: lambda: step(a, b)}, reps)[library] / 1e9
-      cores[library] = cores_busy(lambda: step(a, b), reps)
+      run = lambda: step(a, b)
+      gflops[library] = flops / interleaved_medians({library: run}, reps)[library] / 1e9
+      cores[library] = cores_busy(run, reps)
     rows.append({'name': name, 'gflops': gflops, 'cores': cores, 'max_abs_diff': diffs})
   return rows
 
@@ -143,10 +144,10 @@ def main() -> None:
   rows = dot_rates(b * n, t, h, reps=args.reps)
   libraries = list(rows[0]['gflops'])
   print(f"{'batched dot':26s}" + ''.join(f'{lib:>15s}' for lib in libraries))
+  cell = lambda r, lib: ('n/a' if r['gflops'][lib] is None
+                         else f"{r['gflops'][lib]:.1f} ({r['cores'][lib]:.2f})")
   for r in rows:
-    print(f"{r['name']:26s}" + ''.join(
-        f"{'n/a' if r['gflops'][lib] is None else format(r['gflops'][lib], '.1f') + ' (' + format(r['cores'][lib], '.2f') + ')':>15s}"
-        for lib in libraries))
+    print(f"{r['name']:26s}" + ''.join(f'{cell(r, lib):>15s}' for lib in libraries))
   ms = core_times(b, t, n, h, reps=args.reps)
   print(f'causal attention core [{b}, {t}, {n}, {h}], forward + backward: ' +
         ', '.join(f'{name} {v:.2f} ms' for name, v in ms.items()))

@@ -143,13 +143,14 @@ lstm_time_major.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 class HoistedLSTM(nn.Module):
-  """An LSTM over ``[B, T, D]`` equal to ``nn.RNN(nn.OptimizedLSTMCell(H))``, about twice as fast.
+  """An LSTM over ``[B, T, D]`` equal to ``nn.RNN(nn.OptimizedLSTMCell(H))``, and faster.
 
-  The input projection of every time step is one ``[B*T, D] x [D, 4H]`` matmul before
-  the loop (cuDNN and PyTorch's CPU LSTM do the same); the sequential scan keeps only
-  ``h @ W_h``. Parameters live under ``cell/`` with the cell's names, so checkpoints
-  are interchangeable. ``reverse`` with ``seq_lengths`` reads each sequence from its
-  true end, as ``nn.RNN(reverse=True, keep_order=True)`` does.
+  The input projection of every time step is one matmul before the loop (cuDNN and
+  PyTorch's CPU LSTM do the same); the sequential scan keeps only the recurrent matmul,
+  run feature-major (:func:`lstm_time_major`). Parameters live under ``cell/`` with the
+  cell's names, so checkpoints are interchangeable. ``reverse`` with ``seq_lengths``
+  reads each sequence from its true end, as ``nn.RNN(reverse=True, keep_order=True)``
+  does.
   """
   features: int
   reverse: bool = False
@@ -162,7 +163,7 @@ class HoistedLSTM(nn.Module):
     x, wi, wh, b = nn.dtypes.promote_dtype(x, wi, wh, b, dtype=self.dtype)
     if self.reverse:
       x = flip_sequences(x, seq_lengths, num_batch_dims=1, time_major=False)
-    # Time-major for the scan; swapping the D-wide input is cheaper than the 4H-wide gates.
+    # lstm_time_major takes [T, B, D]; XLA merges this swap with its own transposes.
     ys = jnp.swapaxes(lstm_time_major(jnp.swapaxes(x, 0, 1), wi, b, wh), 0, 1)
     if self.reverse:
       ys = flip_sequences(ys, seq_lengths, num_batch_dims=1, time_major=False)
