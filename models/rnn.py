@@ -57,7 +57,7 @@ class _LSTMParams(nn.Module):
 # [M, K] x [K, N] dots. A layer's forward and backward: 1.18-1.25x (experiments/README.md).
 # The optimisation barriers make XLA write each transpose out (operands and results of
 # the matmuls) instead of folding it into a matmul, which then runs in a slower form: the
-# whole LSTM step is 1.06-1.08x slower with only the three that matter most alone.
+# whole LSTM step is 1.05-1.08x slower with only the three that matter most alone.
 _barrier = jax.lax.optimization_barrier
 
 
