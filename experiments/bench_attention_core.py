@@ -60,20 +60,24 @@ def library_options(library: str) -> dict:
   raise ValueError(f'unknown dot library {library!r}: ynn, eigen or onednn')
 
 
-def cores_busy(fn, reps: int = 20) -> float:
-  """The process's CPU seconds per wall second over ``reps`` calls of ``fn``: about 1.0 for a
-  kernel that runs on one thread, up to the core count for one that uses them all."""
+def seconds_and_cores(fn, reps: int = 20) -> tuple[float, float]:
+  """The median seconds of ``reps`` calls of ``fn`` (after one warm-up call), and the process's
+  CPU seconds per wall second over them: about 1.0 for a kernel that runs on one thread, up
+  to the core count for one that uses them all."""
   jax.block_until_ready(fn())
+  times = []
   cpu, wall = time.process_time(), time.perf_counter()  # CPU time of all the process's threads
   for _ in range(reps):
+    t0 = time.perf_counter()
     jax.block_until_ready(fn())
-  return (time.process_time() - cpu) / (time.perf_counter() - wall)
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times)), (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
 def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen', 'onednn'),
               reps: int = 20, seed: int = 0) -> list[dict]:
   """One row per form: ``name``, ``gflops`` {library: GFLOP/s or None where refused},
-  ``cores`` {library: :func:`cores_busy` or None} and ``max_abs_diff`` of each library's
+  ``cores`` {library: CPU seconds per wall second, or None} and ``max_abs_diff`` of each library's
   product from the first library's."""
   rng = np.random.default_rng(seed)
   dims = {'t': seq_len, 's': seq_len, 'h': head_dim}
@@ -94,9 +98,8 @@ def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen'
       out = step(a, b)
       first = out if first is None else first
       diffs[library] = float(jnp.max(jnp.abs(out - first)))
-      run = lambda: step(a, b)
-      gflops[library] = flops / interleaved_medians({library: run}, reps)[library] / 1e9
-      cores[library] = cores_busy(run, reps)
+      seconds, cores[library] = seconds_and_cores(lambda: step(a, b), reps)
+      gflops[library] = flops / seconds / 1e9
     rows.append({'name': name, 'gflops': gflops, 'cores': cores, 'max_abs_diff': diffs})
   return rows
 

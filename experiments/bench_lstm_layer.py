@@ -28,12 +28,18 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configs.base import get_base_config  # noqa: E402
 from models import rnn  # noqa: E402
 from train import compile_options  # noqa: E402
 from train.benchmark import interleaved_medians  # noqa: E402
 from train.runtime import tune_malloc  # noqa: E402
 
-TRAINER_OPTIONS = {compile_options.YNN_FUSION_FLAG: compile_options.ynn_fusions(False)}
+
+def trainer_options() -> dict | None:
+  """What the trainer compiles a model without convolutions with, on this backend. A function,
+  not a constant: checking the options starts the backend, which must come after tune_malloc."""
+  return compile_options.step_options(get_base_config())
+
 
 # Each loop's step: (carry, weight) -> next carry; the carry keeps its shape, so the loop
 # chains T matmuls as the recurrence does. Slicing out the first H of 4H (or tiling H
@@ -64,7 +70,7 @@ def loop_times(steps: int, batch: int, hidden: int, reps: int = 10, seed: int = 
   for name, (layout, step) in LOOPS.items():
     args = (carries[layout], weights[layout])
     compiled = jax.jit(functools.partial(_scan, step, steps=steps)).lower(*args).compile(
-        compiler_options=TRAINER_OPTIONS)
+        compiler_options=trainer_options())
     runs[name] = functools.partial(compiled, *args)
     outs[layout] = compiled(*args)
   ms = {name: s * 1e3 / steps for name, s in interleaved_medians(runs, reps).items()}
@@ -84,7 +90,7 @@ def layer_times(steps: int, batch: int, input_dim: int, hidden: int, reps: int =
             for s in ((input_dim, 4 * hidden), (4 * hidden,), (hidden, 4 * hidden))]
   loss = lambda x, wi, b, wh: jnp.vdot(rnn.lstm_time_major(x, wi, b, wh), g)
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(x, *params).compile(
-      compiler_options=TRAINER_OPTIONS)
+      compiler_options=trainer_options())
   runs = {'jaxlab': functools.partial(grads, x, *params)}
   try:
     import torch
