@@ -8,7 +8,8 @@ forward, ``dz W_h^T`` backward) and to a few large ones around them. This prints
    feature-major ``W_h^T h^T`` (``[4H, H] x [H, B]``; backward ``W_h dz``), the one
    ``models/rnn.py`` uses;
 2. one layer's forward and backward (``models.rnn.lstm_time_major``, compiled as the
-   trainer compiles it) against ``torch.nn.LSTM`` where torch is installed (never a
+   trainer compiles it) in both layouts (feature-major is the CPU default, batch-major
+   the GPU and TPU one), against ``torch.nn.LSTM`` where torch is installed (never a
    dependency), interleaved, for each input width given.
 
 Each figure is the median of ``--reps`` calls. Findings in experiments/README.md.
@@ -82,16 +83,19 @@ def loop_times(steps: int, batch: int, hidden: int, reps: int = 10, seed: int = 
 def layer_times(steps: int, batch: int, input_dim: int, hidden: int, reps: int = 5,
                 seed: int = 0) -> dict:
   """Milliseconds of one LSTM layer's forward and backward (gradients of the input and
-  every weight): ``jaxlab`` and, where torch is installed, ``torch``; calls interleaved."""
+  every weight): ``feature-major`` and ``batch-major`` (the two layouts of
+  ``lstm_time_major``) and, where torch is installed, ``torch``; calls interleaved."""
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((steps, batch, input_dim)).astype(np.float32)
   g = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
   params = [jnp.asarray(rng.standard_normal(s) * 0.05, jnp.float32)
             for s in ((input_dim, 4 * hidden), (4 * hidden,), (hidden, 4 * hidden))]
-  loss = lambda x, wi, b, wh: jnp.vdot(rnn.lstm_time_major(x, wi, b, wh), g)
-  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(x, *params).compile(
-      compiler_options=trainer_options())
-  runs = {'jaxlab': functools.partial(grads, x, *params)}
+  runs = {}
+  for layout, feature_major in (('feature-major', True), ('batch-major', False)):
+    loss = lambda x, wi, b, wh, fm=feature_major: jnp.vdot(rnn.lstm_time_major(x, wi, b, wh, fm), g)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(x, *params).compile(
+        compiler_options=trainer_options())
+    runs[layout] = functools.partial(grads, x, *params)
   try:
     import torch
   except ImportError:

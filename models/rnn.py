@@ -49,97 +49,130 @@ class _LSTMParams(nn.Module):
     return (jnp.concatenate(wi, -1), jnp.concatenate(wh, -1), jnp.concatenate(b, -1))
 
 
-# The recurrence runs feature-major: the state is h^T [H, B] and each step's matmul is
-# W_h^T h^T, [4H, H] x [H, B], so the 4H gate rows are the matmul's long side. On a 2-core
-# Zen 3, XLA:CPU (YNNPACK) runs that step 1.4x faster than h W_h, [B, H] x [H, 4H] (0.44
-# against 0.62 ms at B=32, H=512), and the backward's W_h dz 1.3x faster than dz W_h^T.
-# The same layout makes the input projection and the weight gradients plain
+# On CPU the recurrence runs feature-major: the state is h^T [H, B] and each step's matmul
+# is W_h^T h^T, [4H, H] x [H, B], so the 4H gate rows are the matmul's long side. On a
+# 2-core Zen 3, XLA:CPU (YNNPACK) runs that step 1.4x faster than h W_h, [B, H] x [H, 4H]
+# (0.44 against 0.62 ms at B=32, H=512), and the backward's W_h dz 1.3x faster than
+# dz W_h^T. The same layout makes the input projection and the weight gradients plain
 # [M, K] x [K, N] dots. A layer's forward and backward: 1.18-1.25x (experiments/README.md).
 # The optimisation barriers make XLA write each transpose out (operands and results of
 # the matmuls) instead of folding it into a matmul, which then runs in a slower form: the
 # whole LSTM step is 1.05-1.08x slower with only the three that matter most alone.
+# GPUs and TPUs keep the batch-major layout cuDNN uses, without barriers: there XLA lays
+# transposes out for free, and a TPU pads the minor dimension to 128 lanes, which the
+# batch (32) would be in the feature-major state.
 _barrier = jax.lax.optimization_barrier
 
 
-def _lstm_gates(z, c, hidden):
-  """One step of the cell on feature-major pre-activations ``z [4H, B]`` (gate order i, f, g, o)."""
-  i, f, o = (jax.nn.sigmoid(z[k * hidden:(k + 1) * hidden]) for k in (0, 1, 3))
-  g = jnp.tanh(z[2 * hidden:3 * hidden])
+def _gates(z, c, axis):
+  """One step of the cell on pre-activations ``z`` (gate order i, f, g, o along ``axis``)
+  and the cell state ``c``: the new ``c``, the new ``h`` and the activated gates."""
+  i, f, g, o = jnp.split(z, 4, axis)
+  i, f, o, g = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jax.nn.sigmoid(o), jnp.tanh(g)
   c = f * c + i * g
-  return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], 0)
+  return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis)
 
 
-def _lstm_forward(x, wi, b, wh):
+def _gate_grads(dh, dc, c, c_prev, acts, axis):
+  """Back through one step of the cell, given the gradients of its outputs ``h`` and ``c``:
+  the gradient of the pre-activations ``dz`` and of the previous step's cell state."""
+  i, f, g, o = jnp.split(acts, 4, axis)
+  tanh_c = jnp.tanh(c)
+  dc = dc + dh * o * (1 - tanh_c ** 2)
+  dz = jnp.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g ** 2),
+                        dh * tanh_c * o * (1 - o)], axis)
+  return dz, dc * f
+
+
+def _shifted(a):
+  """``a [T, ...]`` one step later: the previous step's value, zeros before the first."""
+  return jnp.concatenate([jnp.zeros_like(a[:1]), a[:-1]], 0)
+
+
+def _lstm_forward(x, wi, b, wh, feature_major):
   """The layer's forward pass, keeping what the backward needs.
 
-  Returns ``h [T, B, H]`` and, feature-major, ``c [T, H, B]`` and the activated gates
-  ``[T, 4H, B]``.
+  Returns ``h [T, B, H]``, ``c`` and the activated gates, per step: ``[H, B]`` and
+  ``[4H, B]`` feature-major, else ``[B, H]`` and ``[B, 4H]``.
   """
   steps, batch, _ = x.shape
   hidden = wh.shape[0]
-  x_t = _barrier(x.reshape(steps * batch, -1).T)                        # [D, T*B]
-  gates_in = _barrier(_barrier(wi.T) @ x_t + b[:, None])                # [4H, T*B]
-  gates_in = jnp.swapaxes(gates_in.reshape(4 * hidden, steps, batch), 0, 1)  # [T, 4H, B]
-  wh_t = _barrier(wh.T)                                                 # [4H, H]
-  zeros = jnp.zeros((hidden, batch), x.dtype)
+  if feature_major:
+    x_t = _barrier(x.reshape(steps * batch, -1).T)                      # [D, T*B]
+    gates_in = _barrier(_barrier(wi.T) @ x_t + b[:, None])              # [4H, T*B]
+    gates_in = jnp.swapaxes(gates_in.reshape(4 * hidden, steps, batch), 0, 1)  # [T, 4H, B]
+    wh_t = _barrier(wh.T)                                               # [4H, H]
+    recurrent, axis, state = (lambda h: wh_t @ h), 0, (hidden, batch)
+  else:
+    gates_in = x @ wi + b                                               # [T, B, 4H]
+    recurrent, axis, state = (lambda h: h @ wh), -1, (batch, hidden)
 
   def step(carry, z):
     c, h = carry
-    c, h, acts = _lstm_gates(z + wh_t @ h, c, hidden)
+    c, h, acts = _gates(z + recurrent(h), c, axis)
     return (c, h), (h, c, acts)
 
+  zeros = jnp.zeros(state, x.dtype)
   _, (hs, cs, acts) = jax.lax.scan(step, (zeros, zeros), gates_in)
-  return jnp.swapaxes(hs, 1, 2), cs, acts
+  return (jnp.swapaxes(hs, 1, 2) if feature_major else hs), cs, acts
 
 
-@jax.custom_vjp
-def lstm_time_major(x, wi, b, wh):
+def lstm_time_major(x, wi, b, wh, feature_major: bool | None = None):
   """An LSTM layer: ``x [T, B, D]``, ``W_i [D, 4H]``, ``b [4H]``, ``W_h [H, 4H]`` -> ``h [T, B, H]``.
 
-  The input projection of every step is one ``[4H, D] x [D, T*B]`` matmul before the
-  loop, so the sequential scan keeps only the recurrent matmul. The backward pass is
-  cuDNN's: the loop carries only ``W_h dz``, and the weight and input gradients are
-  three ``T*B``-wide matmuls after it (autodiff of the scan would do T small ones
-  inside it).
+  The input projection of every step is one ``T*B``-wide matmul before the loop, so the
+  sequential scan keeps only the recurrent matmul. The backward pass is cuDNN's: the
+  loop carries only the recurrent matmul of ``dz``, and the weight and input gradients
+  are three ``T*B``-wide matmuls after it (autodiff of the scan would do T small ones
+  inside it). ``feature_major`` picks the recurrence's layout (above); None: on CPU only.
   """
-  return _lstm_forward(x, wi, b, wh)[0]
+  if feature_major is None:
+    feature_major = jax.default_backend() == 'cpu'
+  return _lstm(x, wi, b, wh, bool(feature_major))
 
 
-def _lstm_fwd(x, wi, b, wh):
-  hs, cs, acts = _lstm_forward(x, wi, b, wh)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _lstm(x, wi, b, wh, feature_major):
+  return _lstm_forward(x, wi, b, wh, feature_major)[0]
+
+
+def _lstm_fwd(x, wi, b, wh, feature_major):
+  hs, cs, acts = _lstm_forward(x, wi, b, wh, feature_major)
   return hs, (x, hs, cs, acts, wi, wh)
 
 
-def _lstm_bwd(res, dys):
-  x, hs, cs, acts, wi, wh = res  # cs [T, H, B] and acts [T, 4H, B] are feature-major
+def _lstm_bwd(feature_major, res, dys):
+  x, hs, cs, acts, wi, wh = res
   steps, batch, hidden = hs.shape
-  c_prev = jnp.concatenate([jnp.zeros_like(cs[:1]), cs[:-1]], 0)
+  if feature_major:
+    dys = jnp.swapaxes(dys, 1, 2)
+    recurrent, axis = (lambda dz: wh @ dz), 0
+  else:
+    recurrent, axis = (lambda dz: dz @ wh.T), -1
 
   def step(carry, xs):
     dh_next, dc_next = carry
-    dy, c, cp, a = xs
-    i, f, g, o = (a[k * hidden:(k + 1) * hidden] for k in range(4))
-    dh = dy + dh_next
-    tanh_c = jnp.tanh(c)
-    dc = dc_next + dh * o * (1 - tanh_c ** 2)
-    dz = jnp.concatenate([dc * g * i * (1 - i), dc * cp * f * (1 - f), dc * i * (1 - g ** 2),
-                          dh * tanh_c * o * (1 - o)], 0)
-    return (wh @ dz, dc * f), dz
+    dy, c, c_prev, a = xs
+    dz, dc = _gate_grads(dy + dh_next, dc_next, c, c_prev, a, axis)
+    return (recurrent(dz), dc), dz
 
-  zeros = jnp.zeros((hidden, batch), x.dtype)
-  _, dzs = jax.lax.scan(step, (zeros, zeros), (jnp.swapaxes(dys, 1, 2), cs, c_prev, acts),
-                        reverse=True)
-  dz = _barrier(jnp.swapaxes(dzs, 0, 1).reshape(4 * hidden, steps * batch))  # [4H, T*B]
-  h_prev = jnp.concatenate([jnp.zeros_like(hs[:1]), hs[:-1]], 0).reshape(steps * batch, hidden)
-  # With dz [4H, T*B] on the left each weight gradient is a plain [M, K] x [K, N] dot
-  # (169 against 128 GFLOP/s for the 512-unit one as [T*B, H]^T [T*B, 4H]).
-  dwh = _barrier(dz @ h_prev).T
-  dwi = _barrier(dz @ x.reshape(steps * batch, -1)).T
-  dx = jnp.transpose(_barrier(wi @ dz).reshape(-1, steps, batch), (1, 2, 0))
-  return dx, dwi, dz.sum(1), dwh
+  zeros = jnp.zeros(cs.shape[1:], x.dtype)
+  _, dzs = jax.lax.scan(step, (zeros, zeros), (dys, cs, _shifted(cs), acts), reverse=True)
+  h_prev = _shifted(hs).reshape(steps * batch, hidden)
+  x2 = x.reshape(steps * batch, -1)
+  if feature_major:
+    dz = _barrier(jnp.swapaxes(dzs, 0, 1).reshape(4 * hidden, steps * batch))  # [4H, T*B]
+    # With dz [4H, T*B] on the left each weight gradient is a plain [M, K] x [K, N] dot
+    # (169 against 128 GFLOP/s for the 512-unit one as [T*B, H]^T [T*B, 4H]).
+    dwh = _barrier(dz @ h_prev).T
+    dwi = _barrier(dz @ x2).T
+    dx = jnp.transpose(_barrier(wi @ dz).reshape(-1, steps, batch), (1, 2, 0))
+    return dx, dwi, dz.sum(1), dwh
+  dz = dzs.reshape(steps * batch, 4 * hidden)                                   # [T*B, 4H]
+  return (dz @ wi.T).reshape(x.shape), x2.T @ dz, dz.sum(0), h_prev.T @ dz
 
 
-lstm_time_major.defvjp(_lstm_fwd, _lstm_bwd)
+_lstm.defvjp(_lstm_fwd, _lstm_bwd)
 
 
 class HoistedLSTM(nn.Module):
@@ -147,8 +180,9 @@ class HoistedLSTM(nn.Module):
 
   The input projection of every time step is one matmul before the loop (cuDNN and
   PyTorch's CPU LSTM do the same); the sequential scan keeps only the recurrent matmul,
-  run feature-major (:func:`lstm_time_major`). Parameters live under ``cell/`` with the
-  cell's names, so checkpoints are interchangeable. ``reverse`` with ``seq_lengths``
+  run feature-major on CPU (:func:`lstm_time_major`; ``feature_major`` overrides the
+  choice). Parameters live under ``cell/`` with the cell's names, so checkpoints are
+  interchangeable. ``reverse`` with ``seq_lengths``
   reads each sequence from its true end, as ``nn.RNN(reverse=True, keep_order=True)``
   does.
   """
@@ -156,6 +190,7 @@ class HoistedLSTM(nn.Module):
   reverse: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  feature_major: bool | None = None
 
   @nn.compact
   def __call__(self, x, seq_lengths=None):
@@ -164,7 +199,7 @@ class HoistedLSTM(nn.Module):
     if self.reverse:
       x = flip_sequences(x, seq_lengths, num_batch_dims=1, time_major=False)
     # lstm_time_major takes [T, B, D]; XLA merges this swap with its own transposes.
-    ys = jnp.swapaxes(lstm_time_major(jnp.swapaxes(x, 0, 1), wi, b, wh), 0, 1)
+    ys = jnp.swapaxes(lstm_time_major(jnp.swapaxes(x, 0, 1), wi, b, wh, self.feature_major), 0, 1)
     if self.reverse:
       ys = flip_sequences(ys, seq_lengths, num_batch_dims=1, time_major=False)
     return ys

@@ -282,17 +282,18 @@ def test_unknown_cell_is_an_error():
     rnn.RNNLM(cell='rnn', **SMALL).init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 
+@pytest.mark.parametrize('feature_major', [True, False])
 @pytest.mark.parametrize('reverse', [False, True])
-def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
+def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse, feature_major):
   """HoistedLSTM (hoisted input matmul, hand-written backward) against nn.RNN(OptimizedLSTMCell)
-  with the same parameters: outputs on real positions, every parameter gradient and the
-  input gradient."""
+  with the same parameters, in both layouts of the recurrence: outputs on real positions,
+  every parameter gradient and the input gradient."""
   import flax.linen as nn
   from models.rnn import HoistedLSTM
   x = jax.random.normal(jax.random.key(0), (3, 7, 5))
   lengths = jnp.array([7, 4, 1])
   real = (jnp.arange(7)[None] < lengths[:, None])[..., None]
-  ours = HoistedLSTM(6, reverse=reverse)
+  ours = HoistedLSTM(6, reverse=reverse, feature_major=feature_major)
   ref = nn.RNN(nn.OptimizedLSTMCell(6), reverse=reverse, keep_order=True)
   params = ours.init(jax.random.key(1), x, lengths)
   ref_shapes = jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.key(1), x, seq_lengths=lengths))
@@ -309,15 +310,15 @@ def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse):
     np.testing.assert_allclose(u, v, atol=1e-5)
 
 
-def test_lstm_recurrence_runs_feature_major():
-  """Each step's matmul puts the 4H gate rows on the long side ([4H, H] x [H, B] forward,
-  [H, 4H] x [4H, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, 4H];
-  and after the loop each weight gradient is one dot over the T*B columns."""
+def _lstm_dot_shapes(backend, monkeypatch, **kwargs):
+  """The operand shapes of the dots in one LSTM layer's gradient, traced as on ``backend``:
+  ``(inside the scans, after them)``."""
   from models.rnn import lstm_time_major
   from train.benchmark import sub_jaxprs
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   steps, batch, d, h = 7, 3, 5, 6
   args = (jnp.ones((steps, batch, d)), jnp.ones((d, 4 * h)), jnp.ones(4 * h), jnp.ones((h, 4 * h)))
-  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: lstm_time_major(*a).sum(), (0, 1, 2, 3)))(*args)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: lstm_time_major(*a, **kwargs).sum(), (0, 1, 2, 3)))(*args)
   in_loop, outside = [], []
 
   def walk(jaxpr, found):
@@ -327,7 +328,26 @@ def test_lstm_recurrence_runs_feature_major():
       for sub in sub_jaxprs(eqn.params):
         walk(sub, in_loop if eqn.primitive.name == 'scan' else found)
   walk(jaxpr.jaxpr, outside)
-  assert sorted(set(in_loop)) == [((h, 4 * h), (4 * h, batch)), ((4 * h, h), (h, batch))]
+  return sorted(set(in_loop)), outside
+
+
+def test_lstm_recurrence_runs_feature_major_on_cpu(monkeypatch):
+  """Each step's matmul puts the 4H gate rows on the long side ([4H, H] x [H, B] forward,
+  [H, 4H] x [4H, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, 4H];
+  and after the loop each weight gradient is one dot over the T*B columns."""
+  steps, batch, d, h = 7, 3, 5, 6
+  in_loop, outside = _lstm_dot_shapes('cpu', monkeypatch)
+  assert in_loop == [((h, 4 * h), (4 * h, batch)), ((4 * h, h), (h, batch))]
   # the weight gradients: dz [4H, T*B] times h_prev [T*B, H] and x [T*B, D]
   assert ((4 * h, steps * batch), (steps * batch, h)) in outside
   assert ((4 * h, steps * batch), (steps * batch, d)) in outside
+
+
+@pytest.mark.parametrize('backend,kwargs', [('gpu', {}), ('tpu', {}), ('cpu', {'feature_major': False})])
+def test_lstm_recurrence_runs_batch_major_on_accelerators(backend, kwargs, monkeypatch):
+  """GPUs and TPUs (or feature_major=False) keep cuDNN's layout: h W_h ([B, H] x [H, 4H]) and
+  dz W_h^T in the loops; a TPU would pad a feature-major state's batch of 32 to 128 lanes."""
+  steps, batch, d, h = 7, 3, 5, 6
+  in_loop, outside = _lstm_dot_shapes(backend, monkeypatch, **kwargs)
+  assert in_loop == [((batch, h), (h, 4 * h)), ((batch, 4 * h), (4 * h, h))]
+  assert ((h, steps * batch), (steps * batch, 4 * h)) in outside  # h_prev^T dz
