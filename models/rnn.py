@@ -58,9 +58,9 @@ class _LSTMParams(nn.Module):
 # The optimisation barriers make XLA write each transpose out (operands and results of
 # the matmuls) instead of folding it into a matmul, which then runs in a slower form: the
 # whole LSTM step is 1.05-1.08x slower with only the three that matter most alone.
-# GPUs and TPUs keep the batch-major layout cuDNN uses, without barriers: there XLA lays
-# transposes out for free, and a TPU pads the minor dimension to 128 lanes, which the
-# batch (32) would be in the feature-major state.
+# GPUs and TPUs keep cuDNN's batch-major layout, without barriers: there XLA folds
+# transposes into the dots' layouts, which a barrier would prevent, and a TPU pads the
+# minor dimension to 128 lanes, which in the feature-major state is the batch (often 32).
 _barrier = jax.lax.optimization_barrier
 
 
@@ -182,9 +182,8 @@ class HoistedLSTM(nn.Module):
   PyTorch's CPU LSTM do the same); the sequential scan keeps only the recurrent matmul,
   run feature-major on CPU (:func:`lstm_time_major`; ``feature_major`` overrides the
   choice). Parameters live under ``cell/`` with the cell's names, so checkpoints are
-  interchangeable. ``reverse`` with ``seq_lengths``
-  reads each sequence from its true end, as ``nn.RNN(reverse=True, keep_order=True)``
-  does.
+  interchangeable. ``reverse`` with ``seq_lengths`` reads each sequence from its true end,
+  as ``nn.RNN(reverse=True, keep_order=True)`` does.
   """
   features: int
   reverse: bool = False
