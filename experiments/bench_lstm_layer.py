@@ -6,7 +6,7 @@ forward, ``dz W_h^T`` backward) and to a few large ones around them. This prints
 1. the milliseconds per step of a ``T``-step scan of the recurrent matmul alone, in two
    layouts: batch-major ``h W_h`` (``[B, H] x [H, 4H]``; backward ``dz W_h^T``) and
    feature-major ``W_h^T h^T`` (``[4H, H] x [H, B]``; backward ``W_h dz``), the one
-   ``models/rnn.py`` uses;
+   ``models/rnn.py`` uses on CPU;
 2. one layer's forward and backward (``models.rnn.lstm_time_major``, compiled as the
    trainer compiles it) in both layouts (feature-major is the CPU default, batch-major
    the GPU and TPU one), against ``torch.nn.LSTM`` where torch is installed (never a

@@ -310,13 +310,16 @@ def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse, feature
     np.testing.assert_allclose(u, v, atol=1e-5)
 
 
+_LSTM_DIMS = (7, 3, 5, 6)  # steps, batch, input width, hidden units
+
+
 def _lstm_dot_shapes(backend, monkeypatch, **kwargs):
   """The operand shapes of the dots in one LSTM layer's gradient, traced as on ``backend``:
   ``(inside the scans, after them)``."""
   from models.rnn import lstm_time_major
   from train.benchmark import sub_jaxprs
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  steps, batch, d, h = 7, 3, 5, 6
+  steps, batch, d, h = _LSTM_DIMS
   args = (jnp.ones((steps, batch, d)), jnp.ones((d, 4 * h)), jnp.ones(4 * h), jnp.ones((h, 4 * h)))
   jaxpr = jax.make_jaxpr(jax.grad(lambda *a: lstm_time_major(*a, **kwargs).sum(), (0, 1, 2, 3)))(*args)
   in_loop, outside = [], []
@@ -335,7 +338,7 @@ def test_lstm_recurrence_runs_feature_major_on_cpu(monkeypatch):
   """Each step's matmul puts the 4H gate rows on the long side ([4H, H] x [H, B] forward,
   [H, 4H] x [4H, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, 4H];
   and after the loop each weight gradient is one dot over the T*B columns."""
-  steps, batch, d, h = 7, 3, 5, 6
+  steps, batch, d, h = _LSTM_DIMS
   in_loop, outside = _lstm_dot_shapes('cpu', monkeypatch)
   assert in_loop == [((h, 4 * h), (4 * h, batch)), ((4 * h, h), (h, batch))]
   # the weight gradients: dz [4H, T*B] times h_prev [T*B, H] and x [T*B, D]
@@ -347,7 +350,7 @@ def test_lstm_recurrence_runs_feature_major_on_cpu(monkeypatch):
 def test_lstm_recurrence_runs_batch_major_on_accelerators(backend, kwargs, monkeypatch):
   """GPUs and TPUs (or feature_major=False) keep cuDNN's layout: h W_h ([B, H] x [H, 4H]) and
   dz W_h^T in the loops; a TPU would pad a feature-major state's batch of 32 to 128 lanes."""
-  steps, batch, d, h = 7, 3, 5, 6
+  steps, batch, d, h = _LSTM_DIMS
   in_loop, outside = _lstm_dot_shapes(backend, monkeypatch, **kwargs)
   assert in_loop == [((batch, h), (h, 4 * h)), ((batch, 4 * h), (4 * h, h))]
   assert ((h, steps * batch), (steps * batch, 4 * h)) in outside  # h_prev^T dz
