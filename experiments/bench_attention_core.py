@@ -62,16 +62,11 @@ def library_options(library: str) -> dict:
 
 def seconds_and_cores(fn, reps: int = 20) -> tuple[float, float]:
   """The median seconds of ``reps`` calls of ``fn`` (after one warm-up call), and the process's
-  CPU seconds per wall second over them: about 1.0 for a kernel that runs on one thread, up
-  to the core count for one that uses them all."""
-  jax.block_until_ready(fn())
-  times = []
+  CPU seconds per wall second over all the calls: about 1.0 for a kernel that runs on one
+  thread, up to the core count for one that uses them all."""
   cpu, wall = time.process_time(), time.perf_counter()  # CPU time of all the process's threads
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times)), (time.process_time() - cpu) / (time.perf_counter() - wall)
+  seconds = interleaved_medians({'fn': fn}, reps)['fn']
+  return seconds, (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
 def dot_rates(batch: int, seq_len: int, head_dim: int, libraries=('ynn', 'eigen', 'onednn'),
