@@ -179,18 +179,25 @@ def peak_memory_bytes(compiled) -> int | None:
           - get('alias_size_in_bytes') + get('temp_size_in_bytes'))
 
 
-def matmul_timer(dtype='float32', n: int = 2048, device=None):
-  """A function that times one jitted ``n x n`` matmul in ``dtype`` (seconds), compiled and warm."""
+def matmul_call(dtype='float32', n: int = 2048, device=None, compiler_options=None):
+  """A function of no arguments that runs one ``n x n`` matmul in ``dtype`` on ``device``
+  (random operands, compiled with ``compiler_options``, warm) and returns its result."""
   device = device or jax.local_devices()[0]
   key_a, key_b = jax.random.split(jax.random.key(0))
   a = jax.device_put(jax.random.normal(key_a, (n, n), jnp.dtype(dtype)), device)
   b = jax.device_put(jax.random.normal(key_b, (n, n), jnp.dtype(dtype)), device)
-  mm = jax.jit(jnp.matmul)
+  mm = jax.jit(jnp.matmul).lower(a, b).compile(compiler_options=compiler_options)
   mm(a, b).block_until_ready()
+  return lambda: mm(a, b)
+
+
+def matmul_timer(dtype='float32', n: int = 2048, device=None):
+  """A function that times one jitted ``n x n`` matmul in ``dtype`` (seconds), compiled and warm."""
+  call = matmul_call(dtype, n, device)
 
   def once() -> float:
     t0 = time.perf_counter()
-    mm(a, b).block_until_ready()
+    call().block_until_ready()
     return time.perf_counter() - t0
   return once
 

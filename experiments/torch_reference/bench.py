@@ -138,16 +138,25 @@ def benchmark(name: str, hparams: dict, batch: dict, optimizer_cfg, lr: float, s
   return out
 
 
-def matmul_peak(n: int = 2048, reps: int = 10, dtype=torch.float32, device: str = 'cpu') -> float:
-  """FLOP/s of an ``n x n`` PyTorch matmul on ``device``: the median of ``reps``."""
+def matmul_call(n: int = 2048, dtype=torch.float32, device: str = 'cpu'):
+  """A function of no arguments that runs one ``n x n`` PyTorch matmul on ``device`` to
+  completion (random operands, warm)."""
   a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
   sync = torch.cuda.synchronize if device.startswith('cuda') else (lambda: None)
-  a @ b
-  sync()
+
+  def call():
+    a @ b
+    sync()
+  call()
+  return call
+
+
+def matmul_peak(n: int = 2048, reps: int = 10, dtype=torch.float32, device: str = 'cpu') -> float:
+  """FLOP/s of an ``n x n`` PyTorch matmul on ``device``: the median of ``reps``."""
+  call = matmul_call(n, dtype, device)
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
-    a @ b
-    sync()
+    call()
     times.append(time.perf_counter() - t0)
   return 2 * n ** 3 / statistics.median(times)
