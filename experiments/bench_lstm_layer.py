@@ -84,7 +84,8 @@ def layer_times(steps: int, batch: int, input_dim: int, hidden: int, reps: int =
                 seed: int = 0) -> dict:
   """Milliseconds of one LSTM layer's forward and backward (gradients of the input and
   every weight): ``feature-major`` and ``batch-major`` (the two layouts of
-  ``lstm_time_major``) and, where torch is installed, ``torch``; calls interleaved."""
+  ``lstm_time_major``) and, where torch is installed, ``torch (cpu)`` or, when JAX runs on
+  a GPU, ``torch (cuda)``; calls interleaved."""
   rng = np.random.default_rng(seed)
   x = rng.standard_normal((steps, batch, input_dim)).astype(np.float32)
   g = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
@@ -95,21 +96,26 @@ def layer_times(steps: int, batch: int, input_dim: int, hidden: int, reps: int =
     loss = lambda x, wi, b, wh, fm=feature_major: jnp.vdot(rnn.lstm_time_major(x, wi, b, wh, fm), g)
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(x, *params).compile(
         compiler_options=trainer_options())
-    runs[layout] = functools.partial(grads, x, *params)
+    runs[layout] = functools.partial(grads, jnp.asarray(x), *params)  # x on the device once
   try:
     import torch
   except ImportError:
     torch = None
   if torch is not None:
-    layer = torch.nn.LSTM(input_dim, hidden)  # time-major, as lstm_time_major
-    tx = torch.from_numpy(x).requires_grad_()
-    tg = torch.from_numpy(g)
+    # Beside JAX on a GPU, PyTorch runs on CUDA (cuDNN's fused LSTM), timed to completion.
+    cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
+    device = 'cuda' if cuda else 'cpu'
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    layer = torch.nn.LSTM(input_dim, hidden).to(device)  # time-major, as lstm_time_major
+    tx = torch.from_numpy(x).to(device).requires_grad_()
+    tg = torch.from_numpy(g).to(device)
 
     def torch_step():
       layer.zero_grad()
       tx.grad = None
       layer(tx)[0].backward(tg)
-    runs['torch'] = torch_step
+      sync()
+    runs[f'torch ({device})'] = torch_step
   return {name: s * 1e3 for name, s in interleaved_medians(runs, reps).items()}
 
 
