@@ -10,7 +10,7 @@ run is fixed here, in the order that answers the open questions first:
                   (with .whl carried; ``plan`` prints every stage's commands)
 
 Three calls of the device tool cover the stages that answer open questions, each under its
-10-minute limit: ``run matmul gpt2``, ``run gpt2_variants`` and ``run resnet18 lstm``; then
+10-minute limit: ``run env matmul gpt2``, ``run gpt2_variants`` and ``run resnet18 lstm``; then
 ``run gpt2_batch32`` if device time is left.
 
 ``run`` installs the wheels into a private folder, runs each stage's commands with that
@@ -54,6 +54,13 @@ GPT2 = BENCH + ('--config', 'configs/gpt2_small.py', '--matmul_size=8192', '--js
 # Each stage stays well inside the tool's 10-minute limit per command (GPT-2 compiles in
 # about 90 s on an H100; each --variant compiles once more).
 STAGES = {
+    # What the figures were measured with, for experiments/README.md.
+    'env': [
+        ('python3', '-c', 'import sys, jax, jaxlib, flax, optax, orbax.checkpoint; '
+         'print(sys.version.split()[0], "jax", jax.__version__, "jaxlib", jaxlib.__version__, '
+         '"flax", flax.__version__, "optax", optax.__version__); print(jax.devices())'),
+        ('nvidia-smi',),
+    ],
     # bf16 matmul peak: in the one GPU session so far XLA's 8192^3 product ran at half of
     # PyTorch's, which caps the train step; which GEMM back end closes that?
     'matmul': [
@@ -133,8 +140,14 @@ def run_stages(names: list[str], out: str, env: dict, stages: dict = STAGES,
         cmd = [sys.executable if cmd[0] == 'python3' else cmd[0], *cmd[1:]]
         log.write(f'$ {shlex.join(cmd)}\n')
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        try:
+          proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
+        except OSError as e:  # e.g. no nvidia-smi on this machine: the stage fails, the run goes on
+          log.write(f'device_session: {e}\n')
+          print(f'device_session: {e}')
+          rc = 127  # as a shell reports a command it cannot find
+          break
         # A timer, not a check per output line: a hung command prints nothing.
         killer = threading.Timer(max(0.0, deadline - time.monotonic()), proc.kill)
         killer.start()

@@ -59,15 +59,17 @@ def test_runner_logs_each_stage_goes_on_after_a_failure_and_stops_at_its_budget(
   stages = {
       'fails': [('python3', '-c', 'print("half"); raise SystemExit(3)'),
                 ('python3', '-c', 'print("never")')],
+      'missing': [('no-such-program-jaxlab',)],
       'works': [('python3', '-c', 'print("first")'), ('python3', '-c', 'print("second")')],
       'hangs': [('python3', '-c', 'import time; print("sleeping", flush=True); time.sleep(60)')],
       'late': [('python3', '-c', 'print("too late")')],
   }
   status = session.run_stages(list(stages), str(tmp_path), dict(os.environ), stages=stages,
                               budget=4.0)
-  assert status == {'fails': 3, 'works': 0, 'hangs': 124, 'late': None}
+  assert status == {'fails': 3, 'missing': 127, 'works': 0, 'hangs': 124, 'late': None}
   log = lambda name: (tmp_path / f'{name}.log').read_text()
   assert 'half' in log('fails') and 'never' not in log('fails')
+  assert 'no-such-program-jaxlab' in log('missing')
   assert 'first' in log('works') and 'second' in log('works')
   assert 'sleeping' in log('hangs') and 'budget is spent' in log('hangs')
   assert not (tmp_path / 'late.log').exists()
