@@ -39,8 +39,7 @@ def candidates(n: int, dtype: str, option_sets: list[str]) -> dict:
     import torch
   except ImportError:
     return runs
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from torch_reference.bench import matmul_call as torch_matmul_call
+  from experiments.torch_reference.bench import matmul_call as torch_matmul_call
   device = 'cuda' if jax.default_backend() == 'gpu' and torch.cuda.is_available() else 'cpu'
   runs[f'torch {torch.__version__} ({device})'] = torch_matmul_call(
       n, getattr(torch, dtype), device)

@@ -149,17 +149,19 @@ def run_stages(names: list[str], out: str, env: dict, stages: dict = STAGES,
           rc = 127  # as a shell reports a command it cannot find
           break
         # A timer, not a check per output line: a hung command prints nothing.
-        killer = threading.Timer(max(0.0, deadline - time.monotonic()), proc.kill)
+        killed = threading.Event()
+        killer = threading.Timer(max(0.0, deadline - time.monotonic()),
+                                 lambda p=proc: (killed.set(), p.kill()))
         killer.start()
         with proc.stdout:
           for line in proc.stdout:
             log.write(line)
             sys.stdout.write(line)
         rc = proc.wait()
-        if not killer.is_alive():
+        killer.cancel()
+        if killed.is_set():
           rc = 124  # as timeout(1) reports it
           log.write(f'device_session: stage {name} killed: the {budget:.0f} s budget is spent\n')
-        killer.cancel()
         if rc != 0:
           break
     status[name] = rc

@@ -1,24 +1,14 @@
 """experiments/device_session.py: every stage a GPU session would run still parses here, and
 the runner keeps each stage's log, goes on after a failure and stops at its budget."""
-import importlib.util
 import os
-import sys
 
 import pytest
 
+from experiments import bench_matmul
+from experiments import device_session as session
 from train import benchmark
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'experiments', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-session = _load('device_session')
 
 
 BENCHMARK_COMMANDS = {name: cmd for name, cmds in session.STAGES.items() for cmd in cmds
@@ -49,7 +39,7 @@ def test_script_stages_name_scripts_that_exist():
 def test_matmul_stage_runs_here_at_a_small_size(capsys):
   """The stage's own options compile on CPU too (XLA ignores another backend's options)."""
   (cmd,) = session.STAGES['matmul']
-  assert _load('bench_matmul').main([*cmd[2:], '--n=64', '--reps=2']) == 0
+  assert bench_matmul.main([*cmd[2:], '--n=64', '--reps=2']) == 0
   out = capsys.readouterr().out
   for name in ('xla default', 'xla no_triton_gemm', 'xla cublaslt'):
     assert name in out, out
