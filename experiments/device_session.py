@@ -61,8 +61,8 @@ STAGES = {
          '"flax", flax.__version__, "optax", optax.__version__); print(jax.devices())'),
         ('nvidia-smi',),
     ],
-    # bf16 matmul peak: in the one GPU session so far XLA's 8192^3 product ran at half of
-    # PyTorch's, which caps the train step; which GEMM back end closes that?
+    # bf16 matmul peak under XLA's GEMM back ends, beside PyTorch's (2026-11-24, H100: 649
+    # default, 675 without Triton GEMMs, 655 with cuBLASLt, 725 PyTorch; TFLOP/s).
     'matmul': [
         ('python3', 'experiments/bench_matmul.py', '--n=8192', '--dtype=bfloat16',
          '--option_set=no_triton_gemm:xla_gpu_enable_triton_gemm=false',
@@ -81,11 +81,15 @@ STAGES = {
     # ResNet-18 on CIFAR-10 shapes, bf16, against PyTorch channels_last AMP.
     'resnet18': [
         BENCH + ('--config', 'configs/cifar10_resnet.py', '--config.model.name=resnet18',
-                 '--config.dtype=bfloat16', '--torch', '--json'),
+                 '--config.dtype=bfloat16', '--matmul_size=8192', '--torch', '--json'),
     ],
     # The LSTM's recurrence layout: batch-major is the accelerators' default, chosen by
     # layout rules, never timed on a GPU.
     'lstm': [('python3', 'experiments/bench_lstm_layer.py')],
+    # GPT-2's step synced and queued, the matmul peak alone and after a step, and a profiler
+    # trace (gzipped into the output folder; read it here with gpu_probe.py --read).
+    'probe': [('python3', 'experiments/gpu_probe.py', '--config', 'configs/gpt2_small.py',
+               '--out', '{out}', '--trace_steps', '2', '--steps', '10')],
 }
 
 
@@ -137,7 +141,8 @@ def run_stages(names: list[str], out: str, env: dict, stages: dict = STAGES,
     rc = 0
     with open(os.path.join(out, f'{name}.log'), 'w') as log:
       for cmd in stages[name]:
-        cmd = [sys.executable if cmd[0] == 'python3' else cmd[0], *cmd[1:]]
+        cmd = [sys.executable if cmd[0] == 'python3' else cmd[0],
+               *(a.replace('{out}', out) for a in cmd[1:])]
         log.write(f'$ {shlex.join(cmd)}\n')
         log.flush()
         try:

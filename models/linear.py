@@ -11,13 +11,16 @@ measured there), and a batch-sharded ``B`` stays sharded on the merged axis.
 
 Pass :func:`flat_dot_general` as ``nn.Dense(..., dot_general=flat_dot_general)``: parameter
 names, shapes and the layer's output shape are unchanged, so checkpoints, pretrained-weight
-maps and method interceptors see the same module.
+maps and method interceptors see the same module. :class:`Embed` is the token lookup of the
+same kind: ``nn.Embed``'s parameters and outputs, a cheaper and more exact gradient.
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -43,3 +46,20 @@ def over_rows(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
   """``fn`` applied to ``x [..., K]`` flattened to rows ``[prod(...), K]``; the leading shape is restored."""
   y = fn(x.reshape(-1, x.shape[-1]))
   return y.reshape(x.shape[:-1] + y.shape[1:])
+
+
+class Embed(nn.Embed):
+  """``nn.Embed`` whose lookup gathers rows of the stored table and then casts them to ``dtype``.
+
+  The forward values are the same as ``nn.Embed``'s, which casts the whole table first. The
+  gradient differs: it is a scatter-add into the table's own dtype (float32) rather than into
+  a bfloat16 copy. On an H100 the bf16 scatter of GPT-2's 50,304 x 768 table was 2.6 ms of a
+  39 ms step (experiments/README.md), and bf16 rounds the sum over a frequent token's many
+  positions; float32 atomics are native. :meth:`attend` (tied output weights) is unchanged.
+  """
+
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    if not jnp.issubdtype(inputs.dtype, jnp.integer):
+      raise ValueError(f'Embed takes integer ids, got {inputs.dtype}')
+    rows = jnp.take(self.embedding, inputs, axis=0)
+    return rows if self.dtype is None else rows.astype(self.dtype)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams, flip_sequences
 
-from models.linear import flat_dot_general
+from models.linear import Embed, flat_dot_general
 
 __all__ = ['CELLS', 'HoistedLSTM', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
 
@@ -313,7 +313,7 @@ class RNNClassifier(nn.Module):
       hit = jax.random.bernoulli(self.make_rng('dropout'), self.word_dropout_rate, tokens.shape)
       real = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
       tokens = jnp.where(hit & real, self.unk_id, tokens)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+    x = Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
                  param_dtype=self.param_dtype)(tokens)
     # Adversarial training (``adversarial_epsilon``, train/steps.py) moves the embeddings
     # here; a no-op unless a 'perturbations' collection is passed. Not at init, so the
@@ -368,7 +368,7 @@ class RNNLM(nn.Module):
   def __call__(self, tokens, mask=None, train: bool = False):
     del mask  # see the docstring
     drop = nn.Dropout(self.dropout_rate, deterministic=not train)
-    x = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
+    x = Embed(self.vocab_size, self.embed_dim, dtype=self.dtype,
                  param_dtype=self.param_dtype)(tokens)
     x = drop(x)
     y = RNNEncoder(self.hidden_size, self.num_layers, self.cell, False, self.dropout_rate,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from models.attention import MultiHeadAttention, padding_mask
-from models.linear import flat_dot_general, over_rows
+from models.linear import Embed, flat_dot_general, over_rows
 from models.sampling import generate
 
 __all__ = ['Transformer', 'TransformerBlock', 'TransformerLM', 'Embeddings', 'BertEncoder',
@@ -199,11 +199,11 @@ class Embeddings(nn.Module):
 
   def setup(self):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, embedding_init=INIT)
-    self.word_embeddings = nn.Embed(self.vocab_size, self.hidden_size, **kw)
+    self.word_embeddings = Embed(self.vocab_size, self.hidden_size, **kw)
     if self.position == 'learned':
-      self.position_embeddings = nn.Embed(self.max_len, self.hidden_size, **kw)
+      self.position_embeddings = Embed(self.max_len, self.hidden_size, **kw)
     if self.type_vocab_size:
-      self.token_type_embeddings = nn.Embed(self.type_vocab_size, self.hidden_size, **kw)
+      self.token_type_embeddings = Embed(self.type_vocab_size, self.hidden_size, **kw)
     if self.layer_norm:
       self.embed_norm = _layer_norm(self.layer_norm_eps, self.dtype, self.param_dtype, None)
     self.dropout = nn.Dropout(self.dropout_rate)

@@ -68,3 +68,24 @@ def test_runner_logs_each_stage_goes_on_after_a_failure_and_stops_at_its_budget(
 def test_run_without_wheels_says_how_to_get_them(tmp_path):
   with pytest.raises(SystemExit, match='device_session.py wheels'):
     session.main(['run', 'lstm', '--wheels', str(tmp_path), '--out', str(tmp_path / 'out')])
+
+
+def test_gpu_probe_times_and_traces_a_step_here(tmp_path, capsys):
+  """The probe stage's script at a tiny size on this CPU: both step timings, both matmul
+  timings, and the gzipped trace and program it hands back; the stage passes it its output
+  folder."""
+  import gzip
+  from experiments import gpu_probe
+  (cmd,) = session.STAGES['probe']
+  assert cmd[cmd.index('--out') + 1] == '{out}'
+  r = gpu_probe.probe('configs/gpt2_small.py:tiny', str(tmp_path), steps=2, trace_steps=1,
+                      matmul_size=64, overrides=['batch_size=8'])
+  assert set(r) == {'matmul_alone_tflops', 'matmul_after_step_tflops', 'step_ms_each',
+                    'step_ms_min', 'step_ms_pipelined'}
+  assert all(v > 0 for v in r.values())
+  with gzip.open(tmp_path / 'step.hlo.txt.gz', 'rt') as f:
+    assert 'HloModule' in f.read()
+  assert (tmp_path / 'step.xplane.pb.gz').stat().st_size > 0
+  pytest.importorskip('xprof')
+  gpu_probe.read(str(tmp_path / 'step.xplane.pb.gz'), str(tmp_path / 'step.hlo.txt.gz'), 1)
+  assert 'kernels per step' in capsys.readouterr().out

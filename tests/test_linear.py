@@ -81,3 +81,25 @@ def test_transformer_lm_gradients_contract_one_axis_per_dot():
   # Every Dense, the tied output embedding and their gradients: one contracting axis each.
   # (Attention's batched dots also contract one axis.)
   assert dims and all(d == (1, 1) for d in dims), dims
+
+
+def test_embed_gathers_float32_rows_then_casts():
+  """Same parameters and forward values as ``nn.Embed`` in bf16; the table's gradient is the
+  float32 sum of every position's cotangent (a repeated token's too), not a bf16-rounded one."""
+  from models.linear import Embed
+  ids = jnp.array([[3, 3, 3, 1, 3, 0] * 50])  # token 3 at 200 positions
+  ours, plain = (m(num_embeddings=5, features=4, dtype=jnp.bfloat16) for m in (Embed, nn.Embed))
+  params = plain.init(jax.random.key(0), ids)
+  assert jax.tree_util.tree_structure(ours.init(jax.random.key(0), ids)) == \
+      jax.tree_util.tree_structure(params)
+  np.testing.assert_array_equal(ours.apply(params, ids), plain.apply(params, ids))
+  assert ours.apply(params, ids).dtype == jnp.bfloat16
+  cot = jax.random.normal(jax.random.key(1), ids.shape + (4,)).astype(jnp.bfloat16)
+  grad = jax.grad(lambda p: jnp.sum(ours.apply(p, ids).astype(jnp.float32) * cot))(params)
+  table = np.asarray(grad['params']['embedding'])
+  assert table.dtype == np.float32
+  want = np.zeros((5, 4))
+  np.add.at(want, np.asarray(ids[0]), np.asarray(cot[0], np.float64))
+  np.testing.assert_allclose(table, want, rtol=1e-5, atol=1e-5)
+  with np.testing.assert_raises(ValueError):
+    ours.apply(params, ids.astype(jnp.float32))
