@@ -13,66 +13,39 @@ It builds the config's step as ``train.benchmark`` does and then answers three q
    ``--out`` (the device tool returns files at most two folders down), to be read here with
    ``python experiments/gpu_probe.py --read step.xplane.pb.gz --hlo step.hlo.txt.gz`` (needs the ``xprof`` package).
 
-  python3 experiments/gpu_probe.py --config configs/gpt2_small.py --out $OUT
+  python3 experiments/gpu_probe.py --config configs/gpt2_small.py [--config.batch_size=8] --out $OUT
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import gzip
-import tempfile
 import json
 import os
 import shutil
 import statistics
 import sys
-import time
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_config(path: str, overrides: list[str]):
-  """``get_config(ARG)`` of ``path[:ARG]``, with ``key=value`` overrides (values as Python literals)."""
-  import ast
-  import runpy
-  path, _, arg = path.partition(':')
-  config = runpy.run_path(path)['get_config'](arg or None)
-  for o in overrides:
-    key, _, value = o.partition('=')
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    config.update_from_flattened_dict({key: value})
-  return config
-
-
-def probe(config_path: str, out: str, steps: int, trace_steps: int, matmul_size: int,
-          overrides: list[str]) -> dict:
-  import jax
+def probe(config, out: str, steps: int, trace_steps: int, matmul_size: int) -> dict:
+  """Builds ``config``'s step (one compile), times it and the matmul, and writes the trace and
+  the compiled program, gzipped, into ``out``. Returns the timings."""
   from train import benchmark, op_profile
-  config = load_config(config_path, overrides)
   built = benchmark.build(config)
   print(f'compile {built["compile_time_s"]:.1f} s', flush=True)
-  step, state, batch, rng = built['compiled'], built['state'], built['batch'], built['rng']
+  step, batch, rng = built['compiled'], built['batch'], built['rng']
   once = benchmark.matmul_timer(config.dtype, matmul_size, built['mesh'].devices.flat[0])
   flops = 2 * matmul_size ** 3
-  for _ in range(3):
-    state, m = step(state, batch, rng)
-    jax.block_until_ready((state, m))
+  state, _ = benchmark.time_steps(step, built['state'], batch, rng, 0, warmup=3)
   alone = [once() for _ in range(20)]
   after, each = [], []
   for _ in range(steps):
-    t0 = time.perf_counter()
-    state, m = step(state, batch, rng)
-    jax.block_until_ready((state, m))
-    each.append(time.perf_counter() - t0)
+    state, t = benchmark.time_steps(step, state, batch, rng, 1, 0)
+    each += t
     after.append(once())
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, batch, rng)
-  jax.block_until_ready((state, m))
-  pipelined = (time.perf_counter() - t0) / steps
+  state, pipelined = benchmark.time_pipelined(step, state, batch, rng, steps)
   r = {'matmul_alone_tflops': flops / statistics.median(alone) / 1e12,
        'matmul_after_step_tflops': flops / statistics.median(after) / 1e12,
        'step_ms_each': 1e3 * statistics.median(each),
@@ -81,8 +54,7 @@ def probe(config_path: str, out: str, steps: int, trace_steps: int, matmul_size:
   for k, v in r.items():
     print(f'{k:26s} {v:10.2f}', flush=True)
   built['state'] = state
-  trace_dir = os.path.join('/tmp', 'gpu_probe_trace')
-  shutil.rmtree(trace_dir, ignore_errors=True)
+  trace_dir = tempfile.mkdtemp(prefix='gpu_probe_trace')
   path = op_profile.trace_steps(built, trace_dir, trace_steps)
   os.makedirs(out, exist_ok=True)
   with open(path, 'rb') as src, gzip.open(os.path.join(out, 'step.xplane.pb.gz'), 'wb') as dst:
@@ -90,6 +62,7 @@ def probe(config_path: str, out: str, steps: int, trace_steps: int, matmul_size:
   with gzip.open(os.path.join(out, 'step.hlo.txt.gz'), 'wt') as f:
     f.write(built['compiled'].as_text())
   print(f'trace of {trace_steps} steps: {os.path.getsize(path) / 2**20:.1f} MiB', flush=True)
+  shutil.rmtree(trace_dir, ignore_errors=True)
   return r
 
 
@@ -126,21 +99,37 @@ def read(xplane: str, hlo_path: str | None, steps: int, count: int = 30) -> None
     print(f'{us / steps / 1e3:8.3f}  {k}')
 
 
+def define_flags(argv):
+  """The probe's flags: ``--config`` (with ``--config.KEY=value`` overrides, as
+  ``train.benchmark`` takes them) and the probe's own."""
+  from absl import flags
+  from ml_collections import config_flags
+  fv = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/gpt2_small.py.',
+                                  lock_config=True, flag_values=fv, sys_argv=list(argv))
+  flags.DEFINE_string('out', 'gpu_probe_out', 'Folder for the gzipped trace and program.',
+                      flag_values=fv)
+  flags.DEFINE_integer('steps', 20, 'Steps timed one at a time, then queued.', flag_values=fv)
+  flags.DEFINE_integer('trace_steps', 3, 'Steps traced.', flag_values=fv)
+  flags.DEFINE_integer('matmul_size', 8192, 'Side of the square peak matmul.', flag_values=fv)
+  flags.DEFINE_string('read', None, 'Here: a step.xplane.pb.gz from a probe; list its GPU '
+                      'kernels (needs xprof) instead of probing.', flag_values=fv)
+  flags.DEFINE_string('hlo', None, 'The step.hlo.txt.gz beside --read.', flag_values=fv)
+  return fv
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--config', default='configs/gpt2_small.py')
-  p.add_argument('--override', action='append', default=[], help='config key=value')
-  p.add_argument('--out', default='gpu_probe_out')
-  p.add_argument('--steps', type=int, default=20)
-  p.add_argument('--trace_steps', type=int, default=3)
-  p.add_argument('--matmul_size', type=int, default=8192)
-  p.add_argument('--read', help='an .xplane.pb written by a probe: list its GPU kernels')
-  p.add_argument('--hlo', help='the step.hlo.txt beside it')
-  a = p.parse_args(argv)
-  if a.read:
-    read(a.read, a.hlo, a.trace_steps)
+  from train import benchmark
+  argv = list(sys.argv if argv is None else argv)
+  fv = define_flags(argv)
+  if any(a.startswith('--read') for a in argv[1:]):  # reading a trace here needs no config
+    fv(argv)
+    read(fv.read, fv.hlo, fv.trace_steps)
     return 0
-  r = probe(a.config, a.out, a.steps, a.trace_steps, a.matmul_size, a.override)
+  config = benchmark.parse_flags(fv, argv)
+  if config is None:
+    return 2
+  r = probe(config, fv.out, fv.steps, fv.trace_steps, fv.matmul_size)
   print(json.dumps(r))
   return 0
 

@@ -72,14 +72,18 @@ def test_run_without_wheels_says_how_to_get_them(tmp_path):
 
 def test_gpu_probe_times_and_traces_a_step_here(tmp_path, capsys):
   """The probe stage's script at a tiny size on this CPU: both step timings, both matmul
-  timings, and the gzipped trace and program it hands back; the stage passes it its output
-  folder."""
+  timings, and the gzipped trace and program it hands back; the stage's own flags parse and
+  pass it its output folder."""
   import gzip
   from experiments import gpu_probe
+  from tests.helpers import load_config
   (cmd,) = session.STAGES['probe']
-  assert cmd[cmd.index('--out') + 1] == '{out}'
-  r = gpu_probe.probe('configs/gpt2_small.py:tiny', str(tmp_path), steps=2, trace_steps=1,
-                      matmul_size=64, overrides=['batch_size=8'])
+  argv = ['gpu_probe', *(a.replace('{out}', str(tmp_path)) for a in cmd[2:])]
+  fv = gpu_probe.define_flags(argv)
+  assert benchmark.parse_flags(fv, argv).model.name == 'gpt2_small'
+  assert fv.out == str(tmp_path) and fv.steps == 10 and fv.trace_steps == 2
+  r = gpu_probe.probe(load_config('configs/gpt2_small.py', 'tiny', batch_size=8), str(tmp_path),
+                      steps=2, trace_steps=1, matmul_size=64)
   assert set(r) == {'matmul_alone_tflops', 'matmul_after_step_tflops', 'step_ms_each',
                     'step_ms_min', 'step_ms_pipelined'}
   assert all(v > 0 for v in r.values())
