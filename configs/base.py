@@ -20,6 +20,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.task = 'classification'          # classification | binary | lm | mlm
   c.label_smoothing = 0.0
+  # lm | mlm: the loss and the accuracy's argmax from one read of the logits, not three
+  # (train/one_pass_loss.py: for GPUs and a large vocabulary, slower on CPU; not with
+  # label_smoothing).
+  c.one_pass_loss = False
   # > 0: adversarial training on the model's perturb() points (Miyato et al. 2017; the
   # RNN classifier's embeddings): add the loss at an L2 step of this size per example.
   c.adversarial_epsilon = 0.0

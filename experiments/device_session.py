@@ -10,8 +10,9 @@ run is fixed here, in the order that answers the open questions first:
                   (with .whl carried; ``plan`` prints every stage's commands)
 
 Three calls of the device tool cover the stages that answer open questions, each under its
-10-minute limit: ``run env matmul gpt2``, ``run gpt2_variants`` and ``run resnet18 lstm``; then
-``run gpt2_batch32`` if device time is left.
+10-minute limit: ``run env gpt2_loss gpt2``, ``run gpt2_variants`` and ``run probe``; then
+``run gpt2_batch32`` if device time is left (``matmul``, ``resnet18`` and ``lstm`` were
+measured on 2026-11-24).
 
 ``run`` installs the wheels into a private folder, runs each stage's commands with that
 folder on ``PYTHONPATH``, keeps each stage's whole output in ``$OUT/STAGE.log`` (one
@@ -75,6 +76,9 @@ STAGES = {
         GPT2 + ('--variant=no_triton_gemm:xla_gpu_enable_triton_gemm=false',
                 '--variant=cublaslt:xla_gpu_enable_cublaslt=true', '--rounds=4'),
     ],
+    # The loss and the accuracy's argmax from one read of the logits (train/one_pass_loss.py),
+    # where the trace had three passes (1.30 + 0.62 + 0.66 ms); pipelined figures on a GPU.
+    'gpt2_loss': [GPT2 + ('--variant=one_pass_loss:one_pass_loss=true', '--rounds=4')],
     # A doubled batch: its examples/s says how much of the step is fixed cost (kernel
     # launches, the optimizer's update), which a larger batch would amortise.
     'gpt2_batch32': [GPT2 + ('--variant=batch32:batch_size=32', '--rounds=4')],

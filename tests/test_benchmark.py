@@ -94,6 +94,19 @@ def test_variants_run_side_by_side():
                            steps=2, warmup=1, rounds=2, devices=jax.local_devices()[:1])
   assert [r['name'] for r in rows] == ['base', 'b32']
   assert rows[0]['speed'] == 1.0 and all(np.isfinite(r['speed']) and r['speed'] > 0 for r in rows)
+  assert 'pipelined_speed' not in rows[0]  # on CPU only when asked for
+
+
+def test_variants_pipelined_figures():
+  """On accelerators (or when asked) each round also queues its steps; the rows then carry the
+  queued step time and its speed against the base."""
+  from tests.helpers import load_config
+  config = load_config('configs/seed_fnn.py', 'tiny')
+  rows = benchmark.compare(config, ['b32:batch_size=32'], steps=4, warmup=1, rounds=2,
+                           devices=jax.local_devices()[:1], pipelined=True)
+  assert rows[0]['pipelined_speed'] == 1.0
+  for r in rows:
+    assert r['pipelined_step_time_ms'] > 0 and np.isfinite(r['pipelined_speed'])
 
 
 def test_parse_variant():
@@ -101,6 +114,13 @@ def test_parse_variant():
       'x:dtype=bfloat16,batch_size=64,xla_cpu_enable_fast_math=true')
   assert name == 'x' and overrides == {'dtype': 'bfloat16', 'batch_size': 64}
   assert options == {'xla_cpu_enable_fast_math': True}
+  # A list-valued XLA option keeps its commas; the next key=value still splits off.
+  _, overrides, options = benchmark.parse_variant(
+      'y:xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE,'
+      'model.dropout_rate=0.0')
+  assert options == {'xla_cpu_experimental_ynn_fusion_type':
+                     'LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  assert overrides == {'model.dropout_rate': 0.0}
 
 
 def test_in_process_call_takes_config_overrides(capsys):

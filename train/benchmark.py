@@ -420,11 +420,14 @@ def parse_variant(spec: str) -> tuple[str, dict, dict]:
   Keys starting with ``xla_`` are XLA options for this compile (``xla_cpu_enable_fast_math=true``);
   the rest are dotted config keys (``dtype=bfloat16``, ``model.hidden_size=512``). Values
   are Python literals where they parse as one (``64``, ``true``, ``(1, 2)``), else strings.
+  A value may hold commas where the text after each is no ``key=`` (``xla_a=X,Y,b=1`` is
+  ``xla_a='X,Y'`` and ``b=1``), as XLA's list-valued options need.
   """
   import ast
+  import re
   name, _, body = spec.partition(':')
   overrides, options = {}, {}
-  for item in filter(None, body.split(',')):
+  for item in filter(None, re.split(r',(?=[\w.]+=)', body)):
     key, eq, text = item.partition('=')
     if not eq:
       raise ValueError(f'variant {name!r}: {item!r} is not key=value')
@@ -452,13 +455,17 @@ def with_overrides(config, overrides: dict):
 
 
 def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
-            rounds: int = 4, devices=None) -> list[dict]:
+            rounds: int = 4, devices=None, pipelined: bool | None = None) -> list[dict]:
   """Times the config and each variant in the same process, interleaved round by round.
 
   On a shared machine a neighbour's load then hits every variant alike; each
   variant's figure is the median over all its timed steps. Returns one row per
   variant (the config itself first, named ``base``) with ``speed`` = its examples/s
   over the base's.
+
+  ``pipelined`` (default: on accelerators, where a synced step carries the host's launch
+  time) also runs each round's steps queued (:func:`time_pipelined`) and adds
+  ``pipelined_step_time_ms`` (median over rounds) and ``pipelined_speed``.
   """
   specs = [('base', {}, {})] + [parse_variant(v) for v in variants]
   built, failed = [], []
@@ -473,7 +480,9 @@ def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
       continue
     state, _ = time_steps(b['compiled'], b['state'], b['batch'], b['rng'], 0, warmup)
     built.append(dict(name=name, b=b, state=state, batch_size=c.batch_size, times=[],
-                      compile_time_s=b['compile_time_s']))
+                      queued=[], compile_time_s=b['compile_time_s']))
+  if pipelined is None:
+    pipelined = built[0]['b']['mesh'].devices.flat[0].platform != 'cpu'
   per_round = max(1, steps // rounds)
   for r in range(rounds):
     order = built[r % len(built):] + built[:r % len(built)]  # rotate who goes first
@@ -481,6 +490,9 @@ def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
       b = v['b']
       v['state'], times = time_steps(b['compiled'], v['state'], b['batch'], b['rng'], per_round, 0)
       v['times'] += times
+      if pipelined:
+        v['state'], t = time_pipelined(b['compiled'], v['state'], b['batch'], b['rng'], per_round)
+        v['queued'].append(t)
   rows = []
   for v in built:
     ms = statistics.median(v['times']) * 1e3
@@ -489,9 +501,13 @@ def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
                      examples_per_sec=v['batch_size'] / ms * 1e3,
                      examples_per_sec_best=v['batch_size'] / fastest * 1e3,
                      compile_time_s=v['compile_time_s'], steps=len(v['times'])))
+    if v['queued']:
+      rows[-1]['pipelined_step_time_ms'] = statistics.median(v['queued']) * 1e3
   for row in rows:  # the best step is the least disturbed by neighbours: a second opinion
     row['speed'] = row['examples_per_sec'] / rows[0]['examples_per_sec']
     row['speed_best'] = row['examples_per_sec_best'] / rows[0]['examples_per_sec_best']
+    if 'pipelined_step_time_ms' in row:
+      row['pipelined_speed'] = rows[0]['pipelined_step_time_ms'] / row['pipelined_step_time_ms']
   return rows + failed
 
 
@@ -703,8 +719,9 @@ def main(argv=None) -> int:
         continue
       print(f"{row['name']:24s} {row['step_time_ms']:10.2f} ms/step {row['examples_per_sec']:10.1f} "
             f"examples/s  speed {row['speed']:.3f}x (best-step {row['speed_best']:.3f}x)  "
-            f"(compile {row['compile_time_s']:.1f} s, "
-            f"{row['steps']} steps)", flush=True)
+            + (f"pipelined {row['pipelined_step_time_ms']:.2f} ms/step, speed "
+               f"{row['pipelined_speed']:.3f}x  " if 'pipelined_speed' in row else '')
+            + f"(compile {row['compile_time_s']:.1f} s, {row['steps']} steps)", flush=True)
     if fv.json:
       print(json.dumps({'config': argv_config(argv), 'variants': rows}), flush=True)
     return 0

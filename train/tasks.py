@@ -6,13 +6,15 @@ over precisely the examples it saw (padded eval examples carry weight 0).
 """
 from __future__ import annotations
 
-from typing import Callable
-
+import functools
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from train import one_pass_loss
 
 # name -> (sum, weight); the metric value is sum / weight.
 Sums = dict[str, tuple[jax.Array, jax.Array]]
@@ -64,18 +66,29 @@ def _integer_label_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Ar
   return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
 
 
-def language_model(logits, batch, label_smoothing: float = 0.0) -> tuple[jax.Array, Sums]:
-  """Per-token cross-entropy on ``targets``; ``weights`` masks padding (and picks MLM positions)."""
+def language_model(logits, batch, label_smoothing: float = 0.0,
+                   one_pass: bool = False) -> tuple[jax.Array, Sums]:
+  """Per-token cross-entropy on ``targets``; ``weights`` masks padding (and picks MLM positions).
+
+  ``one_pass`` (``config.one_pass_loss``; no label smoothing) takes the loss and the accuracy's
+  argmax from one read of the logits (:mod:`train.one_pass_loss`) instead of three.
+  """
   targets = batch['targets']
-  if label_smoothing:
-    onehot = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
-    loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+  if one_pass:
+    if label_smoothing:
+      raise ValueError('one_pass_loss does not support label_smoothing')
+    loss, predicted = one_pass_loss.cross_entropy_argmax(logits, targets)
   else:
-    loss = _integer_label_cross_entropy(logits.astype(jnp.float32), targets)
+    if label_smoothing:
+      onehot = optax.smooth_labels(jax.nn.one_hot(targets, logits.shape[-1]), label_smoothing)
+      loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+    else:
+      loss = _integer_label_cross_entropy(logits.astype(jnp.float32), targets)
+    predicted = jnp.argmax(logits, -1)
   w = _example_weights(batch, loss.shape)
   if 'weights' in batch:
     w = w * batch['weights'].astype(jnp.float32)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  correct = (predicted == targets).astype(jnp.float32)
   n = w.sum()
   return (loss * w).sum() / jnp.maximum(n, 1), {
       'loss': ((loss * w).sum(), n), 'accuracy': ((correct * w).sum(), n)}
@@ -100,9 +113,12 @@ TASKS['distill'] = distill
 
 
 def get(name: str, config=None) -> Callable:
-  """The task ``name``; one with hyper-parameters of its own (``distill``) reads them from ``config``."""
+  """The task ``name``; one with hyper-parameters of its own (``distill``) reads them from ``config``,
+  as the language-model tasks read ``one_pass_loss``."""
   if name not in TASKS:
     raise ValueError(f'unknown task {name!r}; known: {", ".join(TASKS)}')
+  if name in ('lm', 'mlm') and config is not None and config.get('one_pass_loss'):
+    return functools.partial(language_model, one_pass=True)
   if name == 'distill' and config is not None and 'distill' in config:
     from train import distill as distill_lib
     return distill_lib.make_task(config.distill.temperature, config.distill.alpha)

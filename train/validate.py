@@ -65,6 +65,10 @@ def check_config(config) -> None:
   _need(c.keep_checkpoints >= 1, f'keep_checkpoints must be >= 1, got {c.keep_checkpoints}')
   _need(c.eval_batch_size >= 0, f'eval_batch_size must be >= 0, got {c.eval_batch_size}')
   _need(0 <= c.label_smoothing < 1, f'label_smoothing must be in [0, 1), got {c.label_smoothing}')
+  if c.get('one_pass_loss'):
+    _need(c.task in ('lm', 'mlm'), f'one_pass_loss: only for task lm or mlm, got {c.task!r}')
+    _need(not c.label_smoothing, 'one_pass_loss: not with label_smoothing > 0 (it computes '
+          'the plain cross-entropy)')
   _need(c.get('adversarial_epsilon', 0.0) >= 0,
         f"adversarial_epsilon must be >= 0 (0: off), got {c.get('adversarial_epsilon')}")
   ema = c.get('ema_decay', 0.0)
