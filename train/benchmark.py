@@ -464,8 +464,9 @@ def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
   over the base's.
 
   ``pipelined`` (default: on accelerators, where a synced step carries the host's launch
-  time) also runs each round's steps queued (:func:`time_pipelined`) and adds
-  ``pipelined_step_time_ms`` (median over rounds) and ``pipelined_speed``.
+  time) also queues ``steps`` steps in each round (:func:`time_pipelined`; all of them, since
+  a short queue mostly measures filling it) and adds ``pipelined_step_time_ms`` (median over
+  rounds) and ``pipelined_speed``.
   """
   specs = [('base', {}, {})] + [parse_variant(v) for v in variants]
   built, failed = [], []
@@ -491,7 +492,7 @@ def compare(config, variants: list[str], steps: int = 20, warmup: int = 3,
       v['state'], times = time_steps(b['compiled'], v['state'], b['batch'], b['rng'], per_round, 0)
       v['times'] += times
       if pipelined:
-        v['state'], t = time_pipelined(b['compiled'], v['state'], b['batch'], b['rng'], per_round)
+        v['state'], t = time_pipelined(b['compiled'], v['state'], b['batch'], b['rng'], steps)
         v['queued'].append(t)
   rows = []
   for v in built:
