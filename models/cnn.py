@@ -1,10 +1,13 @@
 """Small convolutional classifiers: the flax MNIST CNN, the seed CIFAR CNN and LeNet-5."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+from models.linear import flat_dot_general
 
 
 class CNN(nn.Module):
@@ -17,15 +20,16 @@ class CNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dot_general=flat_dot_general, **kw)
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(32, (3, 3), **kw)(x))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(nn.Conv(64, (3, 3), **kw)(x))
     x = nn.avg_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(256, **kw)(x))
+    x = nn.relu(dense(256)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, **kw)(x).astype(jnp.float32)
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 class CifarCNN(nn.Module):
@@ -38,15 +42,16 @@ class CifarCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dot_general=flat_dot_general, **kw)
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(32, (3, 3), padding='VALID', **kw)(x))
     x = nn.relu(nn.Conv(64, (3, 3), padding='VALID', **kw)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(128, **kw)(x))
+    x = nn.relu(dense(128)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, **kw)(x).astype(jnp.float32)
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 class LeNet5(nn.Module):
@@ -62,15 +67,16 @@ class LeNet5(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(nn.Dense, dot_general=flat_dot_general, **kw)
     x = x.astype(self.dtype)
     x = nn.relu(nn.Conv(6, (5, 5), padding='SAME', **kw)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = nn.relu(nn.Conv(16, (5, 5), padding='VALID', **kw)(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(120, **kw)(x))
-    x = nn.relu(nn.Dense(84, **kw)(x))
-    return nn.Dense(self.num_classes, **kw)(x).astype(jnp.float32)
+    x = nn.relu(dense(120)(x))
+    x = nn.relu(dense(84)(x))
+    return dense(self.num_classes)(x).astype(jnp.float32)
 
 
 PRESETS = {'cnn': CNN, 'cifar_cnn': CifarCNN, 'lenet5': LeNet5}

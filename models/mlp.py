@@ -7,6 +7,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.linear import flat_dot_general
+
 ACTIVATIONS: dict[str, Callable] = {
     'relu': nn.relu, 'gelu': nn.gelu, 'tanh': jnp.tanh, 'silu': nn.silu, 'sigmoid': nn.sigmoid,
 }
@@ -30,10 +32,12 @@ class MLP(nn.Module):
     act = ACTIVATIONS[self.activation]
     x = x.reshape((x.shape[0], -1)).astype(self.dtype)
     for width in self.hidden_sizes:
-      x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+      x = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype,
+                   dot_general=flat_dot_general)(x)
       x = act(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+                 dot_general=flat_dot_general)(x)
     x = x.astype(jnp.float32)
     return x[:, 0] if self.num_classes == 1 else x
 

@@ -14,6 +14,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from models.linear import flat_dot_general
+
 __all__ = ['ResNetBlock', 'BottleneckResNetBlock', 'ResNet', 'ResNet20', 'ResNet18', 'ResNet50']
 
 ModuleDef = Callable[..., nn.Module]
@@ -139,7 +141,7 @@ class ResNet(nn.Module):
                       shortcut=self.shortcut, zero_init_residual=self.zero_init_residual)(x)
     x = jnp.mean(x, axis=(1, 2))
     x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='head')(x).astype(jnp.float32)
+                 dot_general=flat_dot_general, name='head')(x).astype(jnp.float32)
     return x[:, 0] if self.num_classes == 1 else x
 
 

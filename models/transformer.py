@@ -322,7 +322,8 @@ class BertClassifier(_BertFields):
   @nn.compact
   def __call__(self, tokens, mask=None, train: bool = False, token_types=None):
     _check_choice('pooling', self.pooling, ('cls', 'mean'))
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=INIT)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=INIT,
+              dot_general=flat_dot_general)
     h = BertEncoder(**_encoder_kwargs(self), name='encoder')(tokens, mask, train, token_types)
     if self.pooling == 'cls':
       pooled = jnp.tanh(nn.Dense(self.hidden_size, name='pooler', **kw)(h[:, 0]))

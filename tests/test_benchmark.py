@@ -226,3 +226,10 @@ def test_bench_lstm_layer_times_both_layouts_of_the_same_recurrence():
   assert ms['max_abs_diff'] < 1e-5  # both layouts chain the same products
   ms = bench.layer_times(steps=4, batch=2, input_dim=3, hidden=5, reps=2)
   assert ms['feature-major'] > 0 and ms['batch-major'] > 0
+
+
+def test_bf16_matmul_peak_on_cpu_times_the_dot_the_models_run():
+  """On CPU a 16-bit peak times bf16 x bf16 -> float32, the form the models' dots take there
+  (models/linear.py); a bf16 result would be XLA:CPU's float32 dot of converted operands."""
+  assert benchmark.matmul_call('bfloat16', n=64)().dtype == jnp.float32
+  assert benchmark.matmul_call('float32', n=64)().dtype == jnp.float32

@@ -3,6 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax import lax
 
 from models.linear import flat_dot_general, over_rows
@@ -103,3 +104,66 @@ def test_embed_gathers_float32_rows_then_casts():
   np.testing.assert_allclose(table, want, rtol=1e-5, atol=1e-5)
   with np.testing.assert_raises(ValueError):
     ours.apply(params, ids.astype(jnp.float32))
+
+
+def _dot_types(fn, *args):
+  """``(lhs dtype, rhs dtype, result dtype)`` of every dot ``fn`` traces."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'dot_general':
+        found.append(tuple(str(v.aval.dtype) for v in (*eqn.invars, *eqn.outvars)))
+      for sub in sub_jaxprs(eqn.params):
+        walk(sub)
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+def _bf16_dense(dot_general):
+  dense = nn.Dense(24, dtype=jnp.bfloat16, dot_general=dot_general)
+  x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+  params = dense.init(jax.random.key(1), x)
+  loss = lambda p, x: jnp.sum(jnp.sin(dense.apply(p, x).astype(jnp.float32)))
+  return dense, loss, params, x
+
+
+def test_bf16_dense_on_cpu_runs_all_three_dots_bf16_to_float32(monkeypatch):
+  """XLA:CPU runs a bf16 dot in its bf16 kernels only when the dot returns float32 (a bf16
+  result makes it a float32 dot of converted operands, no faster). On CPU the forward and both
+  gradient dots take bf16 operands and return float32; on accelerators the dot is flax's."""
+  dense, loss, params, x = _bf16_dense(flat_dot_general)
+  grad = jax.grad(loss, argnums=(0, 1))
+  assert _dot_types(grad, params, x) == [('bfloat16', 'bfloat16', 'float32')] * 3
+  assert dense.apply(params, x).dtype == jnp.bfloat16
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  _, loss, params, x = _bf16_dense(flat_dot_general)
+  assert _dot_types(jax.grad(loss, argnums=(0, 1)), params, x) == \
+      [('bfloat16', 'bfloat16', 'bfloat16')] * 3
+
+
+def test_bf16_dense_on_cpu_matches_flax_dense_within_bf16_rounding():
+  ours, loss, params, x = _bf16_dense(flat_dot_general)
+  plain, plain_loss, _, _ = _bf16_dense(None)
+  a = np.asarray(ours.apply(params, x), np.float32)
+  b = np.asarray(plain.apply(params, x), np.float32)
+  np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2)
+  ga = jax.grad(loss, argnums=(0, 1))(params, x)
+  gb = jax.grad(plain_loss, argnums=(0, 1))(params, x)
+  for u, v in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+    assert u.dtype == v.dtype
+    np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(v, np.float32),
+                               rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize('dtype,tol', [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+def test_embed_attend_equals_flax(dtype, tol):
+  from models.linear import Embed
+  ours, plain = (m(num_embeddings=7, features=4, dtype=dtype) for m in (Embed, nn.Embed))
+  params = plain.init(jax.random.key(0), jnp.zeros((1,), jnp.int32))
+  q = jax.random.normal(jax.random.key(1), (2, 3, 4)).astype(dtype)
+  a = ours.apply(params, q, method='attend')
+  b = plain.apply(params, q, method='attend')
+  assert a.shape == b.shape == (2, 3, 7) and a.dtype == b.dtype
+  np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                             rtol=tol, atol=tol)

@@ -1,5 +1,6 @@
 """RNN layers and heads against hand-run references: numpy cells, hand-flipped sequences, padding."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -354,3 +355,51 @@ def test_lstm_recurrence_runs_batch_major_on_accelerators(backend, kwargs, monke
   in_loop, outside = _lstm_dot_shapes(backend, monkeypatch, **kwargs)
   assert in_loop == [((batch, h), (h, 4 * h)), ((batch, 4 * h), (4 * h, h))]
   assert ((h, steps * batch), (steps * batch, 4 * h)) in outside  # h_prev^T dz
+
+
+def _bf16_lstm_args():
+  steps, batch, d, h = _LSTM_DIMS
+  keys = jax.random.split(jax.random.key(3), 4)
+  return (jax.random.normal(keys[0], (steps, batch, d)),
+          jax.random.normal(keys[1], (d, 4 * h)) * 0.5, jax.random.normal(keys[2], (4 * h,)) * 0.1,
+          jax.random.normal(keys[3], (h, 4 * h)) * 0.5)
+
+
+@pytest.mark.parametrize('feature_major', [True, False])
+def test_bf16_lstm_matches_float32_within_bf16_rounding(feature_major):
+  """A bf16 layer keeps its cell state and gate math in float32 (as cuDNN and oneDNN do), so
+  its outputs and gradients stay within bf16 rounding of the float32 layer's."""
+  from models.rnn import lstm_time_major
+  args = _bf16_lstm_args()
+  half = tuple(a.astype(jnp.bfloat16) for a in args)
+  exact = tuple(a.astype(jnp.float32) for a in half)  # the same rounded inputs, in float32
+  run = lambda *a: lstm_time_major(*a, feature_major=feature_major)
+  y, y32 = run(*half), run(*exact)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(y, np.float32), y32, atol=2e-2)
+  w = jax.random.normal(jax.random.key(4), y.shape)
+  loss = lambda *a: (run(*a).astype(jnp.float32) * w).sum()
+  grads = jax.grad(loss, (0, 1, 2, 3))(*half)
+  grads32 = jax.grad(loss, (0, 1, 2, 3))(*exact)
+  for g, g32 in zip(grads, grads32):
+    assert g.dtype == jnp.bfloat16
+    scale = np.abs(g32).max()
+    np.testing.assert_allclose(np.asarray(g, np.float32) / scale, g32 / scale, atol=3e-2)
+
+
+def test_bf16_lstm_writes_no_converted_stacked_output_on_cpu():
+  """XLA:CPU has no bf16 dynamic-update-slice: writing one step of a bf16 stacked output
+  converts the whole ``[T, ...]`` buffer to float32 and back, every step (a 128-step layer ran
+  5x slower in bf16 than in float32). The loops store 16-bit steps as uint16 bits instead, so
+  no compiled update of a stacked output converts it."""
+  from models.rnn import lstm_time_major
+  half = tuple(a.astype(jnp.bfloat16) for a in _bf16_lstm_args())
+  grad = jax.jit(jax.grad(lambda *a: lstm_time_major(*a).astype(jnp.float32).sum(), (0, 1, 2, 3)))
+  text = grad.lower(*half).compile().as_text()
+  steps = _LSTM_DIMS[0]
+  updates = [c for c in text.split('\n\n') if 'dynamic-update-slice(' in c]
+  assert len(updates) >= 4, 'the loops store their steps with dynamic-update-slice'
+  whole = re.compile(rf'= (f32|bf16)\[{steps},[^\]]*\]\S* convert\(')
+  for computation in updates:
+    assert not whole.search(computation), computation
+    assert not re.search(rf'= bf16\[{steps},', computation), computation
