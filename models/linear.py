@@ -42,14 +42,16 @@ def flat_dot_general(lhs, rhs, dimension_numbers, precision=None,
   if not dense_form:
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type, **kwargs)
-  if preferred_element_type is None and _cpu_half(lhs, rhs):
+  if preferred_element_type is None and cpu_half_precision(lhs, rhs):
     return over_rows(lambda x: half_matmul(x, rhs), lhs)
   matmul = lambda x: lax.dot_general(x, rhs, (((1,), (0,)), ((), ())), precision=precision,
                                      preferred_element_type=preferred_element_type, **kwargs)
   return over_rows(matmul, lhs)
 
 
-def _cpu_half(*arrays) -> bool:
+def cpu_half_precision(*arrays) -> bool:
+  """Whether ``arrays`` are all bfloat16, or all float16, and run on XLA:CPU, which handles such
+  dots and stacked loop outputs its own way (:func:`half_matmul`, ``models.rnn``)."""
   return (jax.default_backend() == 'cpu'
           and all(a.dtype in (jnp.bfloat16, jnp.float16) for a in arrays)
           and len({a.dtype for a in arrays}) == 1)
@@ -74,7 +76,7 @@ def half_matmul(x, w):
 
 
 def _half_matmul_fwd(x, w):
-  return half_matmul(x, w), (x, w)
+  return _matmul_f32(x, w, x.dtype), (x, w)
 
 
 def _half_matmul_bwd(res, dy):

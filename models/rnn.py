@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax.linen.recurrent import DenseParams, flip_sequences
 
-from models.linear import Embed, flat_dot_general
+from models.linear import Embed, cpu_half_precision, flat_dot_general
 
 __all__ = ['CELLS', 'HoistedLSTM', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
 
@@ -100,7 +100,7 @@ def _compute_dtype(dtype):
 # step (a [128, 512, 32] store: 0.32 against 0.01 ms a step). The same 16 bits as an
 # unsigned integer are written in place. Elsewhere the types are stored as they are.
 def _to_bits(a):
-  if jnp.dtype(a.dtype).itemsize == 2 and jax.default_backend() == 'cpu':
+  if cpu_half_precision(a):
     return jax.lax.bitcast_convert_type(a, jnp.uint16)
   return a
 
@@ -150,6 +150,8 @@ def lstm_time_major(x, wi, b, wh, feature_major: bool | None = None):
   loop carries only the recurrent matmul of ``dz``, and the weight and input gradients
   are three ``T*B``-wide matmuls after it (autodiff of the scan would do T small ones
   inside it). ``feature_major`` picks the recurrence's layout (above); None: on CPU only.
+  With 16-bit inputs the dots take them as they are and return float32, the cell state and
+  gate math stay in float32 (as in cuDNN and oneDNN), and ``h`` comes back in ``x``'s dtype.
   """
   if feature_major is None:
     feature_major = jax.default_backend() == 'cpu'
