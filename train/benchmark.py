@@ -670,6 +670,10 @@ def _define_flags(argv):
                     'temporaries are not page-faulted in again every step (see tune_malloc); '
                     'the trainer does this too unless JAXLAB_TUNE_MALLOC=0.',
                     flag_values=fv)
+  flags.DEFINE_bool('unroll_threefry', True, 'CPU: lower the random-bit hash unrolled, as on '
+                    'GPU and TPU (same bits, faster dropout; see runtime.unroll_cpu_threefry); '
+                    'the trainer does this too unless JAXLAB_UNROLL_THREEFRY=0.',
+                    flag_values=fv)
   flags.DEFINE_bool('json', False, 'Print one JSON line with every figure at the end.',
                     flag_values=fv)
   flags.DEFINE_string('trace_dir', None, 'Also write a profiler trace of a few train steps here '
@@ -706,8 +710,9 @@ def main(argv=None) -> int:
   config = parse_flags(fv, argv)
   if config is None:
     return 2
-  from train.runtime import tune_malloc
+  from train.runtime import tune_malloc, unroll_cpu_threefry
   malloc_tuned = tune_malloc() if fv.tune_malloc else False  # before the backend's threads start
+  threefry_unrolled = unroll_cpu_threefry() if fv.unroll_threefry else False
   from train import validate
   try:
     validate.check_config(config)
@@ -734,6 +739,7 @@ def main(argv=None) -> int:
     return 0
   result['config'] = argv_config(argv)
   result['malloc_tuned'] = malloc_tuned
+  result['threefry_unrolled'] = threefry_unrolled
   if fv.torch:
     result.update(run_torch(config, result, fv.steps, fv.warmup,
                             tuple(int(n) for n in fv.torch_threads)))
