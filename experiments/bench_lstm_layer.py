@@ -1,20 +1,23 @@
-"""How fast one LSTM layer runs, by the layout of its recurrent matmul, and against PyTorch's.
+"""How fast one LSTM or GRU layer runs, by the layout of its recurrent matmul, and against PyTorch's.
 
 An LSTM's time goes to two sequential loops of ``T`` small matmuls (the recurrence
-forward, ``dz W_h^T`` backward) and to a few large ones around them. This prints:
+forward, ``dz W_h^T`` backward) and to a few large ones around them; a GRU's likewise. This
+prints:
 
-1. the milliseconds per step of a ``T``-step scan of the recurrent matmul alone, in two
-   layouts: batch-major ``h W_h`` (``[B, H] x [H, 4H]``; backward ``dz W_h^T``) and
-   feature-major ``W_h^T h^T`` (``[4H, H] x [H, B]``; backward ``W_h dz``), the one
-   ``models/rnn.py`` uses on CPU;
-2. one layer's forward and backward (``models.rnn.lstm_time_major``, compiled as the
-   trainer compiles it) in both layouts (feature-major is the CPU default, batch-major
-   the GPU and TPU one), against ``torch.nn.LSTM`` where torch is installed (never a
-   dependency), interleaved, for each input width given.
+1. the milliseconds per step of a ``T``-step scan of the recurrent matmul alone (float32,
+   the LSTM's shapes), in two layouts: batch-major ``h W_h`` (``[B, H] x [H, 4H]``; backward
+   ``dz W_h^T``) and feature-major ``W_h^T h^T`` (``[4H, H] x [H, B]``; backward ``W_h dz``),
+   the one ``models/rnn.py`` uses on CPU;
+2. for each cell in ``--cells``, one layer's forward and backward
+   (``models.rnn.lstm_time_major`` / ``gru_time_major``, compiled as the trainer compiles it)
+   in both layouts (feature-major is the CPU default, batch-major the GPU and TPU one), for
+   the GRU also Flax's ``nn.RNN(GRUCell)``, against ``torch.nn.LSTM`` / ``GRU`` where torch
+   is installed (never a dependency; under autocast for ``--dtype bfloat16``), interleaved,
+   for each input width given.
 
 Each figure is the median of ``--reps`` calls. Findings in experiments/README.md.
 
-  python experiments/bench_lstm_layer.py [--steps 128 --batch 32 --hidden 512 --inputs 64,512]
+  python experiments/bench_lstm_layer.py [--cells lstm,gru --dtype bfloat16 --inputs 64,512]
 """
 from __future__ import annotations
 
@@ -80,40 +83,71 @@ def loop_times(steps: int, batch: int, hidden: int, reps: int = 10, seed: int = 
   return ms
 
 
+GATES = {'lstm': 4, 'gru': 3}
+
+
+def _layer_params(rng, cell: str, input_dim: int, hidden: int, dtype) -> list:
+  """``lstm_time_major``'s (``W_i, b, W_h``) or ``gru_time_major``'s (``W_i, b_i, W_h, b_hn``)."""
+  g = GATES[cell] * hidden
+  shapes = [(input_dim, g), (g,), (hidden, g)] + ([(hidden,)] if cell == 'gru' else [])
+  return [jnp.asarray(rng.standard_normal(s) * 0.05, dtype) for s in shapes]
+
+
+def _flax_gru(x, wi, bi, wh, bhn):
+  """``nn.RNN(nn.GRUCell)`` (Flax's scan and autodiff, what RNNLayer ran before
+  ``HoistedGRU``) over time-major ``x``, with ``gru_time_major``'s weights."""
+  import flax.linen as nn
+  split = lambda a: jnp.split(a, 3, -1)
+  cell = {f'i{n}': {'kernel': k, 'bias': b} for n, k, b in zip('rzn', split(wi), split(bi))}
+  cell.update({f'h{n}': {'kernel': k} for n, k in zip('rzn', split(wh))})
+  cell['hn']['bias'] = bhn
+  module = nn.RNN(nn.GRUCell(wh.shape[0], dtype=x.dtype, param_dtype=x.dtype), time_major=True)
+  return module.apply({'params': {'cell': cell}}, x)
+
+
 def layer_times(steps: int, batch: int, input_dim: int, hidden: int, reps: int = 5,
-                seed: int = 0) -> dict:
-  """Milliseconds of one LSTM layer's forward and backward (gradients of the input and
+                seed: int = 0, cell: str = 'lstm', dtype: str = 'float32') -> dict:
+  """Milliseconds of one LSTM or GRU layer's forward and backward (gradients of the input and
   every weight): ``feature-major`` and ``batch-major`` (the two layouts of
-  ``lstm_time_major``) and, where torch is installed, ``torch (cpu)`` or, when JAX runs on
-  a GPU, ``torch (cuda)``; calls interleaved."""
+  ``lstm_time_major`` / ``gru_time_major``), for the GRU also ``flax scan`` (``nn.RNN(GRUCell)``)
+  and, where torch is installed, ``torch (cpu)`` or, when JAX runs on a GPU, ``torch (cuda)``
+  (in bfloat16 under autocast); calls interleaved."""
   rng = np.random.default_rng(seed)
-  x = rng.standard_normal((steps, batch, input_dim)).astype(np.float32)
-  g = rng.standard_normal((steps, batch, hidden)).astype(np.float32)
-  params = [jnp.asarray(rng.standard_normal(s) * 0.05, jnp.float32)
-            for s in ((input_dim, 4 * hidden), (4 * hidden,), (hidden, 4 * hidden))]
+  x = jnp.asarray(rng.standard_normal((steps, batch, input_dim)), dtype)
+  g = jnp.asarray(rng.standard_normal((steps, batch, hidden)), dtype)
+  params = _layer_params(rng, cell, input_dim, hidden, dtype)
+  layer = rnn.lstm_time_major if cell == 'lstm' else rnn.gru_time_major
+  argnums = tuple(range(len(params) + 1))
   runs = {}
-  for layout, feature_major in (('feature-major', True), ('batch-major', False)):
-    loss = lambda x, wi, b, wh, fm=feature_major: jnp.vdot(rnn.lstm_time_major(x, wi, b, wh, fm), g)
-    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).lower(x, *params).compile(
+  layers = {'feature-major': functools.partial(layer, feature_major=True),
+            'batch-major': functools.partial(layer, feature_major=False)}
+  if cell == 'gru':
+    layers['flax scan'] = _flax_gru
+  for name, run in layers.items():
+    loss = lambda *a, run=run: jnp.vdot(run(*a).astype(jnp.float32), g.astype(jnp.float32))
+    grads = jax.jit(jax.grad(loss, argnums=argnums)).lower(x, *params).compile(
         compiler_options=trainer_options())
-    runs[layout] = functools.partial(grads, jnp.asarray(x), *params)  # x on the device once
+    runs[name] = functools.partial(grads, x, *params)
   try:
     import torch
   except ImportError:
     torch = None
   if torch is not None:
-    # Beside JAX on a GPU, PyTorch runs on CUDA (cuDNN's fused LSTM), timed to completion.
+    # Beside JAX on a GPU, PyTorch runs on CUDA (cuDNN's fused layers), timed to completion.
     cuda = jax.default_backend() == 'gpu' and torch.cuda.is_available()
     device = 'cuda' if cuda else 'cpu'
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    layer = torch.nn.LSTM(input_dim, hidden).to(device)  # time-major, as lstm_time_major
-    tx = torch.from_numpy(x).to(device).requires_grad_()
-    tg = torch.from_numpy(g).to(device)
+    module = (torch.nn.LSTM if cell == 'lstm' else torch.nn.GRU)(input_dim, hidden).to(device)
+    tx = torch.from_numpy(np.array(x, np.float32)).to(device).requires_grad_()
+    tg = torch.from_numpy(np.array(g, np.float32)).to(device)
+    half = dtype == 'bfloat16'
 
     def torch_step():
-      layer.zero_grad()
+      module.zero_grad()
       tx.grad = None
-      layer(tx)[0].backward(tg)
+      with torch.autocast(device, torch.bfloat16, enabled=half):
+        y = module(tx)[0]
+      y.backward(tg.to(y.dtype))
       sync()
     runs[f'torch ({device})'] = torch_step
   return {name: s * 1e3 for name, s in interleaved_medians(runs, reps).items()}
@@ -125,19 +159,23 @@ def main() -> None:
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--hidden', type=int, default=512)
   parser.add_argument('--inputs', default='64,512', help='input widths of the layers timed')
+  parser.add_argument('--cells', default='lstm', help='layers timed: lstm, gru or lstm,gru')
+  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                      help="the layers' dtype (the recurrent-matmul loops stay float32)")
   parser.add_argument('--reps', type=int, default=10)
   args = parser.parse_args()
   tune_malloc()
   t, b, h = args.steps, args.batch, args.hidden
-  print(f'{jax.devices()[0].device_kind}, float32, {t} steps, batch {b}, {h} units '
+  print(f'{jax.devices()[0].device_kind}, {args.dtype}, {t} steps, batch {b}, {h} units '
         f'(median of {args.reps})')
   ms = loop_times(t, b, h, reps=args.reps)
   for name in LOOPS:
-    print(f'recurrent matmul, {name:34s} {ms[name]:.3f} ms/step')
-  for d in (int(v) for v in args.inputs.split(',')):
-    ms = layer_times(t, b, d, h, reps=args.reps)
-    print(f'LSTM layer {d} -> {h}, forward + backward: ' +
-          ', '.join(f'{name} {v:.1f} ms' for name, v in ms.items()))
+    print(f'recurrent matmul (float32), {name:34s} {ms[name]:.3f} ms/step')
+  for cell in args.cells.split(','):
+    for d in (int(v) for v in args.inputs.split(',')):
+      ms = layer_times(t, b, d, h, reps=args.reps, cell=cell, dtype=args.dtype)
+      print(f'{cell.upper()} layer {d} -> {h}, forward + backward: ' +
+            ', '.join(f'{name} {v:.1f} ms' for name, v in ms.items()))
 
 
 if __name__ == '__main__':

@@ -87,9 +87,11 @@ STAGES = {
         BENCH + ('--config', 'configs/cifar10_resnet.py', '--config.model.name=resnet18',
                  '--config.dtype=bfloat16', '--matmul_size=8192', '--torch', '--json'),
     ],
-    # The LSTM's recurrence layout: batch-major is the accelerators' default, chosen by
-    # layout rules, never timed on a GPU.
-    'lstm': [('python3', 'experiments/bench_lstm_layer.py')],
+    # The LSTM's and GRU's recurrence layout: batch-major is the accelerators' default, chosen
+    # by layout rules, never timed on a GPU; and their bf16 float32-cell path, untimed there too.
+    'lstm': [('python3', 'experiments/bench_lstm_layer.py', '--cells', 'lstm,gru'),
+             ('python3', 'experiments/bench_lstm_layer.py', '--cells', 'lstm,gru',
+              '--dtype', 'bfloat16')],
     # GPT-2's step synced and queued, the matmul peak alone and after a step, and a profiler
     # trace (gzipped into the output folder; read it here with gpu_probe.py --read).
     'probe': [('python3', 'experiments/gpu_probe.py', '--config', 'configs/gpt2_small.py',

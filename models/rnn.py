@@ -19,34 +19,43 @@ from flax.linen.recurrent import DenseParams, flip_sequences
 
 from models.linear import Embed, cpu_half_precision, flat_dot_general
 
-__all__ = ['CELLS', 'HoistedLSTM', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
+__all__ = ['CELLS', 'HoistedLSTM', 'HoistedGRU', 'RNNLayer', 'RNNEncoder', 'RNNClassifier', 'RNNLM']
 
-# The optimized LSTM cell has the same parameters as nn.LSTMCell (ii/if/ig/io, hi/hf/hg/ho)
-# but does one matmul for the four gates instead of eight small ones. RNNLayer runs LSTMs
-# through HoistedLSTM (same parameters, faster); the cell stays the reference.
+# The Flax cells each layer is equal to. RNNLayer runs them as HoistedLSTM and HoistedGRU
+# (same parameters and values, faster); the cells stay the reference.
 CELLS: dict[str, type[nn.RNNCellBase]] = {'lstm': nn.OptimizedLSTMCell, 'gru': nn.GRUCell}
 
 
-class _LSTMParams(nn.Module):
-  """The parameters of ``nn.OptimizedLSTMCell`` (same names, shapes and initialisers),
-  returned stacked: input kernel ``[D, 4H]``, recurrent kernel ``[H, 4H]``, bias ``[4H]``."""
+# Each cell's gates, in its order, and which of them have an input-side or a recurrent-side
+# bias: nn.OptimizedLSTMCell's are on the recurrent side (hi, hf, hg, ho); nn.GRUCell's on
+# the input side and on hn, inside r * (W_hn h + b_hn).
+_GATE_PARAMS = {'lstm': ('ifgo', '', 'ifgo'), 'gru': ('rzn', 'rzn', 'n')}
+
+
+class _StackedParams(nn.Module):
+  """The parameters of the Flax cell ``CELLS[cell]`` (same names, shapes and initialisers),
+  returned stacked over its gates: the input kernel ``[D, G]``, the input-side biases, the
+  recurrent kernel ``[H, G]`` and the recurrent-side biases (None where the cell has none)."""
   features: int
+  cell: str
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs):
-    ref = nn.OptimizedLSTMCell(self.features, parent=None)  # for its default initialisers
+    ref = CELLS[self.cell](self.features, parent=None)  # for its default initialisers
+    gates, input_biases, recurrent_biases = _GATE_PARAMS[self.cell]
     h = jnp.zeros(inputs.shape[:-1] + (self.features,), inputs.dtype)
-    wi, wh, b = [], [], []
-    for gate in 'ifgo':  # the cell's gate order
-      wi.append(DenseParams(self.features, use_bias=False, param_dtype=self.param_dtype,
-                            kernel_init=ref.kernel_init, name=f'i{gate}')(inputs)[0])
-      k, bias = DenseParams(self.features, param_dtype=self.param_dtype,
-                            kernel_init=ref.recurrent_kernel_init, bias_init=ref.bias_init,
-                            name=f'h{gate}')(h)
-      wh.append(k)
-      b.append(bias)
-    return (jnp.concatenate(wi, -1), jnp.concatenate(wh, -1), jnp.concatenate(b, -1))
+    w_i, b_i, w_h, b_h = [], [], [], []
+    for gate in gates:
+      for x, name, init, biases, kernels, bias_list in (
+          (inputs, f'i{gate}', ref.kernel_init, input_biases, w_i, b_i),
+          (h, f'h{gate}', ref.recurrent_kernel_init, recurrent_biases, w_h, b_h)):
+        k, b = DenseParams(self.features, use_bias=gate in biases, param_dtype=self.param_dtype,
+                           kernel_init=init, bias_init=ref.bias_init, name=name)(x)
+        kernels.append(k)
+        bias_list.extend([] if b is None else [b])
+    stack = lambda arrays: jnp.concatenate(arrays, -1) if arrays else None
+    return stack(w_i), stack(b_i), stack(w_h), stack(b_h)
 
 
 # On CPU the recurrence runs feature-major: the state is h^T [H, B] and each step's matmul
@@ -58,6 +67,7 @@ class _LSTMParams(nn.Module):
 # The optimisation barriers make XLA write each transpose out (operands and results of
 # the matmuls) instead of folding it into a matmul, which then runs in a slower form: the
 # whole LSTM step is 1.05-1.08x slower with only the three that matter most alone.
+# The GRU runs the same way, with its 3H gate rows (experiments/README.md has both layers).
 # GPUs and TPUs keep cuDNN's batch-major layout, without barriers: there XLA folds
 # transposes into the dots' layouts, which a barrier would prevent, and a TPU pads the
 # minor dimension to 128 lanes, which in the feature-major state is the batch (often 32).
@@ -109,6 +119,65 @@ def _from_bits(a, dtype):
   return jax.lax.bitcast_convert_type(a, dtype) if a.dtype == jnp.uint16 else a
 
 
+def _input_projection(x, wi, b, wh, feature_major):
+  """What every gated layer does before its loop: the input projection of all steps as one
+  ``T*B``-wide matmul, ``[T, G, B]`` feature-major, else ``[T, B, G]`` (``G`` gate units),
+  in the compute dtype. Also returns one step's recurrent matmul of the state (``[H, B]`` or
+  ``[B, H]``), the gate axis of a step's ``[G, B]`` or ``[B, G]``, and the state's shape."""
+  steps, batch, _ = x.shape
+  hidden = wh.shape[0]
+  acc = _compute_dtype(x.dtype)
+  dot = functools.partial(jnp.matmul, preferred_element_type=acc)
+  if feature_major:
+    x_t = _barrier(x.reshape(steps * batch, -1).T)                      # [D, T*B]
+    gates_in = _barrier(dot(_barrier(wi.T), x_t) + b[:, None].astype(acc))  # [G, T*B]
+    gates_in = jnp.swapaxes(gates_in.reshape(-1, steps, batch), 0, 1)  # [T, G, B]
+    wh_t = _barrier(wh.T)                                               # [G, H]
+    return gates_in, (lambda h: dot(wh_t, h)), 0, (hidden, batch)
+  gates_in = dot(x, wi) + b.astype(acc)                                 # [T, B, G]
+  return gates_in, (lambda h: dot(h, wh)), -1, (batch, hidden)
+
+
+def _backward_recurrence(wh, feature_major):
+  """One backward step's recurrent matmul, from the recurrent-side pre-activation gradients
+  ``[G, B]`` (or ``[B, G]``) to the previous state's, and the gate axis."""
+  dot = functools.partial(jnp.matmul, preferred_element_type=_compute_dtype(wh.dtype))
+  if feature_major:
+    return (lambda dz: dot(wh, dz)), 0
+  return (lambda dz: dot(dz, wh.T)), -1
+
+
+def _input_and_weight_grads(d_in, d_rec, x, hs, wi, feature_major):
+  """What every gated layer's backward does after its loop, as ``T*B``-wide matmuls.
+
+  ``d_in`` and ``d_rec`` are the per-step gradients of the input-side and recurrent-side
+  pre-activations (``[T, G, B]`` feature-major, else ``[T, B, G]``; one array for the LSTM,
+  whose two sides add before the gates). Returns the gradients of ``x``, ``W_i``, ``b`` and
+  ``W_h``, the last from ``d_rec`` and the previous steps' outputs ``hs``.
+  """
+  steps, batch, hidden = hs.shape
+  acc = _compute_dtype(x.dtype)
+  dot = functools.partial(jnp.matmul, preferred_element_type=acc)
+  h_prev = _shifted(hs).reshape(steps * batch, hidden)
+  x2 = x.reshape(steps * batch, -1)
+  if feature_major:
+    flat = lambda d: _barrier(jnp.swapaxes(d, 0, 1).reshape(d.shape[1], steps * batch))
+    dz = flat(d_in)                                                     # [G, T*B]
+    dz_rec = dz if d_rec is d_in else flat(d_rec)
+    # With dz [G, T*B] on the left each weight gradient is a plain [M, K] x [K, N] dot
+    # (169 against 128 GFLOP/s for the 512-unit one as [T*B, H]^T [T*B, 4H]).
+    dwh = _barrier(dot(dz_rec, h_prev)).T
+    dwi = _barrier(dot(dz, x2)).T
+    dx = jnp.transpose(_barrier(dot(wi, dz)).reshape(-1, steps, batch), (1, 2, 0))
+    db = dz.sum(1, dtype=acc)
+  else:
+    dz = d_in.reshape(steps * batch, -1)                                # [T*B, G]
+    dz_rec = dz if d_rec is d_in else d_rec.reshape(steps * batch, -1)
+    dx, dwi, dwh = dot(dz, wi.T).reshape(x.shape), dot(x2.T, dz), dot(h_prev.T, dz_rec)
+    db = dz.sum(0, dtype=acc)
+  return dx, dwi, db, dwh
+
+
 def _lstm_forward(x, wi, b, wh, feature_major):
   """The layer's forward pass, keeping what the backward needs.
 
@@ -116,19 +185,8 @@ def _lstm_forward(x, wi, b, wh, feature_major):
   activated gates, per step: ``[H, B]`` and ``[4H, B]`` feature-major, else ``[B, H]``
   and ``[B, 4H]``.
   """
-  steps, batch, _ = x.shape
-  hidden = wh.shape[0]
   acc = _compute_dtype(x.dtype)
-  dot = functools.partial(jnp.matmul, preferred_element_type=acc)
-  if feature_major:
-    x_t = _barrier(x.reshape(steps * batch, -1).T)                      # [D, T*B]
-    gates_in = _barrier(dot(_barrier(wi.T), x_t) + b[:, None].astype(acc))  # [4H, T*B]
-    gates_in = jnp.swapaxes(gates_in.reshape(4 * hidden, steps, batch), 0, 1)  # [T, 4H, B]
-    wh_t = _barrier(wh.T)                                               # [4H, H]
-    recurrent, axis, state = (lambda h: dot(wh_t, h)), 0, (hidden, batch)
-  else:
-    gates_in = dot(x, wi) + b.astype(acc)                               # [T, B, 4H]
-    recurrent, axis, state = (lambda h: dot(h, wh)), -1, (batch, hidden)
+  gates_in, recurrent, axis, state = _input_projection(x, wi, b, wh, feature_major)
 
   def step(carry, z):
     c, h = carry
@@ -170,14 +228,10 @@ def _lstm_fwd(x, wi, b, wh, feature_major):
 
 def _lstm_bwd(feature_major, res, dys):
   x, hs, cs, acts, wi, b, wh = res
-  steps, batch, hidden = hs.shape
   acc = cs.dtype
-  dot = functools.partial(jnp.matmul, preferred_element_type=acc)
+  recurrent, axis = _backward_recurrence(wh, feature_major)
   if feature_major:
     dys = jnp.swapaxes(dys, 1, 2)
-    recurrent, axis = (lambda dz: dot(wh, dz)), 0
-  else:
-    recurrent, axis = (lambda dz: dot(dz, wh.T)), -1
 
   def step(carry, xs):
     dh_next, dc_next = carry
@@ -189,24 +243,110 @@ def _lstm_bwd(feature_major, res, dys):
   zeros = jnp.zeros(cs.shape[1:], acc)
   _, dzs = jax.lax.scan(step, (zeros, zeros), (dys, cs, _shifted(cs), acts), reverse=True)
   dzs = _from_bits(dzs, x.dtype)
-  h_prev = _shifted(hs).reshape(steps * batch, hidden)
-  x2 = x.reshape(steps * batch, -1)
-  if feature_major:
-    dz = _barrier(jnp.swapaxes(dzs, 0, 1).reshape(4 * hidden, steps * batch))  # [4H, T*B]
-    # With dz [4H, T*B] on the left each weight gradient is a plain [M, K] x [K, N] dot
-    # (169 against 128 GFLOP/s for the 512-unit one as [T*B, H]^T [T*B, 4H]).
-    dwh = _barrier(dot(dz, h_prev)).T
-    dwi = _barrier(dot(dz, x2)).T
-    dx = jnp.transpose(_barrier(dot(wi, dz)).reshape(-1, steps, batch), (1, 2, 0))
-    db = dz.sum(1, dtype=acc)
-  else:
-    dz = dzs.reshape(steps * batch, 4 * hidden)                                 # [T*B, 4H]
-    dx, dwi, dwh = dot(dz, wi.T).reshape(x.shape), dot(x2.T, dz), dot(h_prev.T, dz)
-    db = dz.sum(0, dtype=acc)
+  dx, dwi, db, dwh = _input_and_weight_grads(dzs, dzs, x, hs, wi, feature_major)
   return tuple(g.astype(p.dtype) for g, p in zip((dx, dwi, db, dwh), (x, wi, b, wh)))
 
 
 _lstm.defvjp(_lstm_fwd, _lstm_bwd)
+
+
+def _gru_forward(x, wi, bi, wh, bhn, feature_major):
+  """The GRU layer's forward pass, keeping what the backward needs: ``h [T, B, H]`` (in
+  ``x``'s dtype) and, per step, ``r``, ``z``, ``n`` and the recurrent candidate
+  ``W_hn h + b_hn``, stacked along the gate axis (``[4H, B]`` feature-major, else ``[B, 4H]``)."""
+  acc = _compute_dtype(x.dtype)
+  gates_in, recurrent, axis, state = _input_projection(x, wi, bi, wh, feature_major)
+  bhn = (bhn[:, None] if feature_major else bhn).astype(acc)
+
+  def step(h, g):
+    gi_r, gi_z, gi_n = jnp.split(g, 3, axis)
+    hp_r, hp_z, hp_n = jnp.split(recurrent(h.astype(x.dtype)), 3, axis)
+    r, z = jax.nn.sigmoid(gi_r + hp_r), jax.nn.sigmoid(gi_z + hp_z)
+    hn = hp_n + bhn
+    n = jnp.tanh(gi_n + r * hn)
+    h = (1.0 - z) * n + z * h  # nn.GRUCell's form
+    acts = jnp.concatenate([r, z, n, hn], axis)
+    return h, (_to_bits(h.astype(x.dtype)), _to_bits(acts.astype(x.dtype)))
+
+  _, (hs, acts) = jax.lax.scan(step, jnp.zeros(state, acc), gates_in)
+  hs, acts = _from_bits(hs, x.dtype), _from_bits(acts, x.dtype)
+  return (jnp.swapaxes(hs, 1, 2) if feature_major else hs), acts
+
+
+def gru_time_major(x, wi, bi, wh, bhn, feature_major: bool | None = None):
+  """A GRU layer (``nn.GRUCell``'s equations): ``x [T, B, D]``, ``W_i [D, 3H]``, ``b_i [3H]``,
+  ``W_h [H, 3H]`` (gates r, z, n) and ``b_hn [H]`` -> ``h [T, B, H]``.
+
+  Built as :func:`lstm_time_major` is: the input projection of all steps before the loop,
+  a hand-written backward whose loop keeps only the recurrent matmul, with the weight and
+  input gradients as ``T*B``-wide matmuls after it (Flax's scan autodiff does three small
+  ones a step and stores its residuals step by step), feature-major on CPU, and a float32
+  cell for 16-bit inputs.
+  """
+  if feature_major is None:
+    feature_major = jax.default_backend() == 'cpu'
+  return _gru(x, wi, bi, wh, bhn, bool(feature_major))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gru(x, wi, bi, wh, bhn, feature_major):
+  return _gru_forward(x, wi, bi, wh, bhn, feature_major)[0]
+
+
+def _gru_fwd(x, wi, bi, wh, bhn, feature_major):
+  hs, acts = _gru_forward(x, wi, bi, wh, bhn, feature_major)
+  return hs, (x, hs, acts, wi, bi, wh, bhn)
+
+
+def _gru_bwd(feature_major, res, dys):
+  x, hs, acts, wi, bi, wh, bhn = res
+  acc = _compute_dtype(x.dtype)
+  recurrent, axis = _backward_recurrence(wh, feature_major)
+  h_prev = _shifted(hs)
+  if feature_major:
+    dys, h_prev = jnp.swapaxes(dys, 1, 2), jnp.swapaxes(h_prev, 1, 2)
+
+  def step(dh_next, xs):
+    dy, h_before, a = xs
+    r, z, n, hn = jnp.split(a.astype(acc), 4, axis)
+    dh = dy + dh_next
+    d_n = dh * (1.0 - z) * (1.0 - n * n)                  # at n's pre-activation
+    d_z = dh * (h_before.astype(acc) - n) * z * (1.0 - z)
+    d_r = d_n * hn * r * (1.0 - r)
+    d_rec = jnp.concatenate([d_r, d_z, d_n * r], axis).astype(x.dtype)  # at W_h h (+ b_hn)
+    d_in = jnp.concatenate([d_r, d_z, d_n], axis).astype(x.dtype)       # at W_i x + b_i
+    return dh * z + recurrent(d_rec), _to_bits(d_in)
+
+  steps, batch, hidden = hs.shape
+  state = (hidden, batch) if feature_major else (batch, hidden)
+  _, d_in = jax.lax.scan(step, jnp.zeros(state, acc), (dys, h_prev, acts), reverse=True)
+  d_in = _from_bits(d_in, x.dtype)
+  # The recurrent side differs from the input side only in n's block, scaled by r there.
+  gate_axis = 1 if feature_major else 2  # of the stacked [T, ...] arrays
+  r = jax.lax.slice_in_dim(acts, 0, hidden, axis=gate_axis)
+  d_rz, d_n = jnp.split(d_in, [2 * hidden], gate_axis)
+  d_n_rec = (d_n.astype(acc) * r.astype(acc)).astype(x.dtype)
+  d_rec = jnp.concatenate([d_rz, d_n_rec], gate_axis)
+  dx, dwi, dbi, dwh = _input_and_weight_grads(d_in, d_rec, x, hs, wi, feature_major)
+  dbhn = d_n_rec.sum((0, 3 - gate_axis), dtype=acc)
+  return tuple(g.astype(p.dtype) for g, p in
+               zip((dx, dwi, dbi, dwh, dbhn), (x, wi, bi, wh, bhn)))
+
+
+_gru.defvjp(_gru_fwd, _gru_bwd)
+
+
+def _batch_major(layer, x, seq_lengths, reverse):
+  """Runs a time-major ``layer(x [T, B, D])`` over batch-major ``x [B, T, D]``; ``reverse``
+  reads each sequence from its true end (``seq_lengths``), as ``nn.RNN(reverse=True,
+  keep_order=True)`` does, and returns the outputs in the input's order."""
+  if reverse:
+    x = flip_sequences(x, seq_lengths, num_batch_dims=1, time_major=False)
+  # The layers take [T, B, D]; XLA merges this swap with their own transposes.
+  ys = jnp.swapaxes(layer(jnp.swapaxes(x, 0, 1)), 0, 1)
+  if reverse:
+    ys = flip_sequences(ys, seq_lengths, num_batch_dims=1, time_major=False)
+  return ys
 
 
 class HoistedLSTM(nn.Module):
@@ -227,23 +367,32 @@ class HoistedLSTM(nn.Module):
 
   @nn.compact
   def __call__(self, x, seq_lengths=None):
-    wi, wh, b = _LSTMParams(self.features, self.param_dtype, name='cell')(x[:, 0])
+    wi, _, wh, b = _StackedParams(self.features, 'lstm', self.param_dtype, name='cell')(x[:, 0])
     x, wi, wh, b = nn.dtypes.promote_dtype(x, wi, wh, b, dtype=self.dtype)
-    if self.reverse:
-      x = flip_sequences(x, seq_lengths, num_batch_dims=1, time_major=False)
-    # lstm_time_major takes [T, B, D]; XLA merges this swap with its own transposes.
-    ys = jnp.swapaxes(lstm_time_major(jnp.swapaxes(x, 0, 1), wi, b, wh, self.feature_major), 0, 1)
-    if self.reverse:
-      ys = flip_sequences(ys, seq_lengths, num_batch_dims=1, time_major=False)
-    return ys
+    layer = lambda x: lstm_time_major(x, wi, b, wh, self.feature_major)
+    return _batch_major(layer, x, seq_lengths, self.reverse)
 
 
-def _make_cell(cell: str, features: int, dtype: Any, param_dtype: Any) -> nn.RNNCellBase:
-  if cell not in CELLS:
-    raise ValueError(f'unknown cell {cell!r}; known: {", ".join(CELLS)}')
-  # parent=None: the cell is adopted by the nn.RNN it is given to (params under
-  # '<direction>/cell'), not by the module whose compact method created it.
-  return CELLS[cell](features, dtype=dtype, param_dtype=param_dtype, parent=None)
+class HoistedGRU(nn.Module):
+  """A GRU over ``[B, T, D]`` equal to ``nn.RNN(nn.GRUCell(H))``, and faster: built as
+  :class:`HoistedLSTM` is (:func:`gru_time_major`), with the cell's parameters under
+  ``cell/``, so checkpoints are interchangeable."""
+  features: int
+  reverse: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  feature_major: bool | None = None
+
+  @nn.compact
+  def __call__(self, x, seq_lengths=None):
+    wi, bi, wh, bhn = _StackedParams(self.features, 'gru', self.param_dtype, name='cell')(x[:, 0])
+    x, wi, bi, wh, bhn = nn.dtypes.promote_dtype(x, wi, bi, wh, bhn, dtype=self.dtype)
+    layer = lambda x: gru_time_major(x, wi, bi, wh, bhn, self.feature_major)
+    return _batch_major(layer, x, seq_lengths, self.reverse)
+
+
+# The layers RNNLayer runs for each cell: same parameters as nn.RNN(cell), faster.
+_HOISTED = {'lstm': HoistedLSTM, 'gru': HoistedGRU}
 
 
 class RNNLayer(nn.Module):
@@ -262,20 +411,14 @@ class RNNLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, seq_lengths=None):
-    if self.cell == 'lstm':
-      run = functools.partial(HoistedLSTM, self.hidden_size, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
-      y = run(name='forward')(x)
-      if not self.bidirectional:
-        return y
-      y_back = run(reverse=True, name='backward')(x, seq_lengths)
-      return jnp.concatenate([y, y_back], axis=-1)
-    make = functools.partial(_make_cell, self.cell, self.hidden_size, self.dtype, self.param_dtype)
-    y = nn.RNN(make(), name='forward')(x)
+    if self.cell not in _HOISTED:
+      raise ValueError(f'unknown cell {self.cell!r}; known: {", ".join(_HOISTED)}')
+    run = functools.partial(_HOISTED[self.cell], self.hidden_size, dtype=self.dtype,
+                            param_dtype=self.param_dtype)
+    y = run(name='forward')(x)
     if not self.bidirectional:
       return y
-    y_back = nn.RNN(make(), reverse=True, keep_order=True, name='backward')(
-        x, seq_lengths=seq_lengths)
+    y_back = run(reverse=True, name='backward')(x, seq_lengths)
     return jnp.concatenate([y, y_back], axis=-1)
 
 

@@ -226,6 +226,21 @@ def test_bench_lstm_layer_times_both_layouts_of_the_same_recurrence():
   assert ms['max_abs_diff'] < 1e-5  # both layouts chain the same products
   ms = bench.layer_times(steps=4, batch=2, input_dim=3, hidden=5, reps=2)
   assert ms['feature-major'] > 0 and ms['batch-major'] > 0
+  ms = bench.layer_times(steps=4, batch=2, input_dim=3, hidden=5, reps=2, cell='gru',
+                         dtype='bfloat16')
+  assert ms['feature-major'] > 0 and ms['flax scan'] > 0
+
+
+def test_bench_gru_layer_times_flax_on_the_same_weights():
+  """The 'flax scan' row runs nn.RNN(GRUCell) with gru_time_major's weights, unstacked into
+  the cell's parameters: the same layer, so the comparison is fair."""
+  from models import rnn
+  bench = _experiment('bench_lstm_layer')
+  params = bench._layer_params(np.random.default_rng(0), 'gru', 3, 5, jnp.float32)
+  params = [p * 8 for p in params]  # large enough that every gate matters
+  x = jax.random.normal(jax.random.key(0), (6, 2, 3))
+  np.testing.assert_allclose(bench._flax_gru(x, *params), rnn.gru_time_major(x, *params),
+                             atol=1e-5)
 
 
 def test_bf16_matmul_peak_on_cpu_times_the_dot_the_models_run():

@@ -285,20 +285,28 @@ def test_unknown_cell_is_an_error():
 
 @pytest.mark.parametrize('feature_major', [True, False])
 @pytest.mark.parametrize('reverse', [False, True])
-def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse, feature_major):
-  """HoistedLSTM (hoisted input matmul, hand-written backward) against nn.RNN(OptimizedLSTMCell)
-  with the same parameters, in both layouts of the recurrence: outputs on real positions,
-  every parameter gradient and the input gradient."""
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_hoisted_layer_equals_the_flax_cell_values_and_gradients(cell, reverse, feature_major):
+  """HoistedLSTM / HoistedGRU (hoisted input matmul, hand-written backward) against
+  nn.RNN(OptimizedLSTMCell) / nn.RNN(GRUCell) with the same parameters, in both layouts of
+  the recurrence: the same parameter names, shapes and initial values, then outputs on
+  real positions, every parameter gradient and the input gradient."""
   import flax.linen as nn
-  from models.rnn import HoistedLSTM
+  from models.rnn import HoistedGRU, HoistedLSTM
   x = jax.random.normal(jax.random.key(0), (3, 7, 5))
   lengths = jnp.array([7, 4, 1])
   real = (jnp.arange(7)[None] < lengths[:, None])[..., None]
-  ours = HoistedLSTM(6, reverse=reverse, feature_major=feature_major)
-  ref = nn.RNN(nn.OptimizedLSTMCell(6), reverse=reverse, keep_order=True)
+  layer, reference = {'lstm': (HoistedLSTM, nn.OptimizedLSTMCell), 'gru': (HoistedGRU, nn.GRUCell)}[cell]
+  ours = layer(6, reverse=reverse, feature_major=feature_major)
+  ref = nn.RNN(reference(6), reverse=reverse, keep_order=True)
   params = ours.init(jax.random.key(1), x, lengths)
-  ref_shapes = jax.tree_util.tree_map(jnp.shape, ref.init(jax.random.key(1), x, seq_lengths=lengths))
-  assert jax.tree_util.tree_map(jnp.shape, params) == ref_shapes  # same names and shapes
+  ref_params = ref.init(jax.random.key(1), x, seq_lengths=lengths)
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(ref_params)
+  for u, v in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
+    np.testing.assert_array_equal(u, v)  # same initialisers, same draws
+  # Non-zero biases, so every bias term (the GRU's b_hn inside r * (.)) is exercised.
+  params = jax.tree_util.tree_map(
+      lambda p: p + 0.2 * jax.random.normal(jax.random.key(5), p.shape), params)
   a = ours.apply(params, x, lengths) * real
   b = ref.apply(params, x, seq_lengths=lengths) * real
   np.testing.assert_allclose(a, b, atol=1e-6)
@@ -308,21 +316,37 @@ def test_hoisted_lstm_equals_the_flax_cell_values_and_gradients(reverse, feature
                 (0, 1))(params, x)
   assert np.abs(ga[1]).max() > 0.01  # the input gradient (hand-written too) is not trivially 0
   for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    assert np.abs(v).max() > 0  # every parameter gets a gradient
     np.testing.assert_allclose(u, v, atol=1e-5)
 
 
-_LSTM_DIMS = (7, 3, 5, 6)  # steps, batch, input width, hidden units
+_DIMS = (7, 3, 5, 6)  # steps, batch, input width, hidden units
+_GATES = {'lstm': 4, 'gru': 3}
 
 
-def _lstm_dot_shapes(backend, monkeypatch, **kwargs):
-  """The operand shapes of the dots in one LSTM layer's gradient, traced as on ``backend``:
+def _layer(cell):
+  from models.rnn import gru_time_major, lstm_time_major
+  return {'lstm': lstm_time_major, 'gru': gru_time_major}[cell]
+
+
+def _layer_args(cell):
+  """Random ``(x, W_i, b, W_h)`` for the LSTM, ``(x, W_i, b_i, W_h, b_hn)`` for the GRU."""
+  steps, batch, d, h = _DIMS
+  g = _GATES[cell] * h
+  shapes = [(steps, batch, d), (d, g), (g,), (h, g)] + ([(h,)] if cell == 'gru' else [])
+  scales = [1.0, 0.5, 0.1, 0.5, 0.1]
+  keys = jax.random.split(jax.random.key(3), len(shapes))
+  return tuple(jax.random.normal(k, s) * c for k, s, c in zip(keys, shapes, scales))
+
+
+def _dot_shapes(cell, backend, monkeypatch, **kwargs):
+  """The operand shapes of the dots in one layer's gradient, traced as on ``backend``:
   ``(inside the scans, after them)``."""
-  from models.rnn import lstm_time_major
   from train.benchmark import sub_jaxprs
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
-  steps, batch, d, h = _LSTM_DIMS
-  args = (jnp.ones((steps, batch, d)), jnp.ones((d, 4 * h)), jnp.ones(4 * h), jnp.ones((h, 4 * h)))
-  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: lstm_time_major(*a, **kwargs).sum(), (0, 1, 2, 3)))(*args)
+  args = tuple(jnp.ones(a.shape) for a in _layer_args(cell))
+  argnums = tuple(range(len(args)))
+  jaxpr = jax.make_jaxpr(jax.grad(lambda *a: _layer(cell)(*a, **kwargs).sum(), argnums))(*args)
   in_loop, outside = [], []
 
   def walk(jaxpr, found):
@@ -335,70 +359,69 @@ def _lstm_dot_shapes(backend, monkeypatch, **kwargs):
   return sorted(set(in_loop)), outside
 
 
-def test_lstm_recurrence_runs_feature_major_on_cpu(monkeypatch):
-  """Each step's matmul puts the 4H gate rows on the long side ([4H, H] x [H, B] forward,
-  [H, 4H] x [4H, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, 4H];
-  and after the loop each weight gradient is one dot over the T*B columns."""
-  steps, batch, d, h = _LSTM_DIMS
-  in_loop, outside = _lstm_dot_shapes('cpu', monkeypatch)
-  assert in_loop == [((h, 4 * h), (4 * h, batch)), ((4 * h, h), (h, batch))]
-  # the weight gradients: dz [4H, T*B] times h_prev [T*B, H] and x [T*B, D]
-  assert ((4 * h, steps * batch), (steps * batch, h)) in outside
-  assert ((4 * h, steps * batch), (steps * batch, d)) in outside
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_recurrence_runs_feature_major_on_cpu(cell, monkeypatch):
+  """Each step's matmul puts the G gate rows on the long side ([G, H] x [H, B] forward,
+  [H, G] x [G, B] backward), the layout XLA:CPU runs 1.3-1.4x faster than [B, H] x [H, G]
+  for the LSTM; the loops hold no other dot, and after them each weight gradient is one dot
+  over the T*B columns."""
+  steps, batch, d, h = _DIMS
+  g = _GATES[cell] * h
+  in_loop, outside = _dot_shapes(cell, 'cpu', monkeypatch)
+  assert in_loop == [((h, g), (g, batch)), ((g, h), (h, batch))]
+  # the weight gradients: dz [G, T*B] times h_prev [T*B, H] and x [T*B, D]
+  assert ((g, steps * batch), (steps * batch, h)) in outside
+  assert ((g, steps * batch), (steps * batch, d)) in outside
 
 
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
 @pytest.mark.parametrize('backend,kwargs', [('gpu', {}), ('tpu', {}), ('cpu', {'feature_major': False})])
-def test_lstm_recurrence_runs_batch_major_on_accelerators(backend, kwargs, monkeypatch):
-  """GPUs and TPUs (or feature_major=False) keep cuDNN's layout: h W_h ([B, H] x [H, 4H]) and
+def test_recurrence_runs_batch_major_on_accelerators(cell, backend, kwargs, monkeypatch):
+  """GPUs and TPUs (or feature_major=False) keep cuDNN's layout: h W_h ([B, H] x [H, G]) and
   dz W_h^T in the loops; a TPU would pad a feature-major state's batch of 32 to 128 lanes."""
-  steps, batch, d, h = _LSTM_DIMS
-  in_loop, outside = _lstm_dot_shapes(backend, monkeypatch, **kwargs)
-  assert in_loop == [((batch, h), (h, 4 * h)), ((batch, 4 * h), (4 * h, h))]
-  assert ((h, steps * batch), (steps * batch, 4 * h)) in outside  # h_prev^T dz
-
-
-def _bf16_lstm_args():
-  steps, batch, d, h = _LSTM_DIMS
-  keys = jax.random.split(jax.random.key(3), 4)
-  return (jax.random.normal(keys[0], (steps, batch, d)),
-          jax.random.normal(keys[1], (d, 4 * h)) * 0.5, jax.random.normal(keys[2], (4 * h,)) * 0.1,
-          jax.random.normal(keys[3], (h, 4 * h)) * 0.5)
+  steps, batch, d, h = _DIMS
+  g = _GATES[cell] * h
+  in_loop, outside = _dot_shapes(cell, backend, monkeypatch, **kwargs)
+  assert in_loop == [((batch, h), (h, g)), ((batch, g), (g, h))]
+  assert ((h, steps * batch), (steps * batch, g)) in outside  # h_prev^T dz
 
 
 @pytest.mark.parametrize('feature_major', [True, False])
-def test_bf16_lstm_matches_float32_within_bf16_rounding(feature_major):
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bf16_layer_matches_float32_within_bf16_rounding(cell, feature_major):
   """A bf16 layer keeps its cell state and gate math in float32 (as cuDNN and oneDNN do), so
   its outputs and gradients stay within bf16 rounding of the float32 layer's."""
-  from models.rnn import lstm_time_major
-  args = _bf16_lstm_args()
+  args = _layer_args(cell)
   half = tuple(a.astype(jnp.bfloat16) for a in args)
   exact = tuple(a.astype(jnp.float32) for a in half)  # the same rounded inputs, in float32
-  run = lambda *a: lstm_time_major(*a, feature_major=feature_major)
+  run = lambda *a: _layer(cell)(*a, feature_major=feature_major)
   y, y32 = run(*half), run(*exact)
   assert y.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(y, np.float32), y32, atol=2e-2)
   w = jax.random.normal(jax.random.key(4), y.shape)
   loss = lambda *a: (run(*a).astype(jnp.float32) * w).sum()
-  grads = jax.grad(loss, (0, 1, 2, 3))(*half)
-  grads32 = jax.grad(loss, (0, 1, 2, 3))(*exact)
+  argnums = tuple(range(len(args)))
+  grads = jax.grad(loss, argnums)(*half)
+  grads32 = jax.grad(loss, argnums)(*exact)
   for g, g32 in zip(grads, grads32):
     assert g.dtype == jnp.bfloat16
     scale = np.abs(g32).max()
     np.testing.assert_allclose(np.asarray(g, np.float32) / scale, g32 / scale, atol=3e-2)
 
 
-def test_bf16_lstm_writes_no_converted_stacked_output_on_cpu():
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bf16_layer_writes_no_converted_stacked_output_on_cpu(cell):
   """XLA:CPU has no bf16 dynamic-update-slice: writing one step of a bf16 stacked output
   converts the whole ``[T, ...]`` buffer to float32 and back, every step (a 128-step layer ran
   5x slower in bf16 than in float32). The loops store 16-bit steps as uint16 bits instead, so
   no compiled update of a stacked output converts it."""
-  from models.rnn import lstm_time_major
-  half = tuple(a.astype(jnp.bfloat16) for a in _bf16_lstm_args())
-  grad = jax.jit(jax.grad(lambda *a: lstm_time_major(*a).astype(jnp.float32).sum(), (0, 1, 2, 3)))
+  half = tuple(a.astype(jnp.bfloat16) for a in _layer_args(cell))
+  argnums = tuple(range(len(half)))
+  grad = jax.jit(jax.grad(lambda *a: _layer(cell)(*a).astype(jnp.float32).sum(), argnums))
   text = grad.lower(*half).compile().as_text()
-  steps = _LSTM_DIMS[0]
+  steps = _DIMS[0]
   updates = [c for c in text.split('\n\n') if 'dynamic-update-slice(' in c]
-  assert len(updates) >= 4, 'the loops store their steps with dynamic-update-slice'
+  assert len(updates) >= 3, 'the loops store their steps with dynamic-update-slice'
   whole = re.compile(rf'= (f32|bf16)\[{steps},[^\]]*\]\S* convert\(')
   for computation in updates:
     assert not whole.search(computation), computation
