@@ -82,7 +82,11 @@ def _half_matmul_fwd(x, w):
 def _half_matmul_bwd(res, dy):
   x, w = res
   dy = dy.astype(x.dtype)
-  return _matmul_f32(dy, w.T, x.dtype), _matmul_f32(x.T, dy, w.dtype)
+  # dy W^T as one dot contracting both operands' last dimensions: XLA:CPU runs that in 16 bits,
+  # but converts the operands of dy @ w.T to float32 first (the MLP's bf16 step 1.10x faster,
+  # the char Transformer's 1.06x; experiments/README.md).
+  dx = lax.dot_general(dy, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), _matmul_f32(x.T, dy, w.dtype)
 
 
 half_matmul.defvjp(_half_matmul_fwd, _half_matmul_bwd)

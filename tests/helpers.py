@@ -1,8 +1,10 @@
-"""Small helpers shared by the tests: run the trainer in-process or as a command."""
+"""Small helpers shared by the tests: run the trainer in-process or as a command, read
+compiled HLO."""
 from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -48,3 +50,16 @@ def assert_trees_equal(a, b):
   assert ta == tb
   for x, y in zip(la, lb):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def compiled_dots(hlo_text: str) -> list[tuple[str, str, str, tuple[int, ...]]]:
+  """``(lhs type, rhs type, result type, result shape)`` of every dot in a compiled module's
+  text, after XLA's own rewrites (it may convert a dot's operands, which the traced jaxpr does
+  not show)."""
+  found = []
+  for computation in hlo_text.split('\n\n'):
+    types = dict(re.findall(r'%(\S+) = (\w+)\[', computation))
+    for m in re.finditer(r'= (\w+)\[([\d,]*)\]\S* dot\(%([^,\s]+), %([^,\s)]+)', computation):
+      shape = tuple(int(d) for d in m.group(2).split(',') if d)
+      found.append((types.get(m.group(3)), types.get(m.group(4)), m.group(1), shape))
+  return found

@@ -8,6 +8,7 @@ from jax import lax
 
 from models.linear import flat_dot_general, over_rows
 from models.transformer import TransformerLM
+from tests.helpers import compiled_dots
 from train.benchmark import sub_jaxprs
 
 
@@ -140,6 +141,20 @@ def test_bf16_dense_on_cpu_runs_all_three_dots_bf16_to_float32(monkeypatch):
   _, loss, params, x = _bf16_dense(flat_dot_general)
   assert _dot_types(jax.grad(loss, argnums=(0, 1)), params, x) == \
       [('bfloat16', 'bfloat16', 'bfloat16')] * 3
+
+
+def test_bf16_dense_input_gradient_compiles_to_a_bf16_dot_on_cpu():
+  """Traced types are not the whole story: XLA:CPU converted the operands of ``dy @ w.T`` to
+  float32 before the dot (the transposed kernel), so the input gradient of every bf16 Dense ran
+  in float32. Written as one dot contracting both last dimensions it stays bf16: in the
+  compiled gradient, the dot that returns the input gradient takes bf16 operands."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('an XLA:CPU compilation')
+  dense, loss, params, x = _bf16_dense(flat_dot_general)
+  text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+  input_gradient = (15, x.shape[-1])  # [B*T, 16]
+  found = [dot[:3] for dot in compiled_dots(text) if dot[3] == input_gradient]
+  assert found == [('bf16', 'bf16', 'f32')], compiled_dots(text)
 
 
 def test_bf16_dense_on_cpu_matches_flax_dense_within_bf16_rounding():

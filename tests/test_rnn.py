@@ -410,6 +410,20 @@ def test_bf16_layer_matches_float32_within_bf16_rounding(cell, feature_major):
 
 
 @pytest.mark.parametrize('cell', ['lstm', 'gru'])
+def test_bf16_layer_compiles_every_dot_to_bf16_on_cpu(cell):
+  """XLA:CPU converts a 16-bit dot's operands to float32 when they are written-out transposes:
+  the feature-major input projection ``W_i^T x^T`` was one (17 against 9 ms for the 512-unit
+  layer's). In the compiled gradient of a bf16 layer, in the CPU's layout, every dot takes
+  bf16 operands and returns float32."""
+  from tests.helpers import compiled_dots
+  half = tuple(a.astype(jnp.bfloat16) for a in _layer_args(cell))
+  argnums = tuple(range(len(half)))
+  grad = jax.jit(jax.grad(lambda *a: _layer(cell)(*a).astype(jnp.float32).sum(), argnums))
+  types = [dot[:3] for dot in compiled_dots(grad.lower(*half).compile().as_text())]
+  assert len(types) >= 6 and set(types) == {('bf16', 'bf16', 'f32')}, types
+
+
+@pytest.mark.parametrize('cell', ['lstm', 'gru'])
 def test_bf16_layer_writes_no_converted_stacked_output_on_cpu(cell):
   """XLA:CPU has no bf16 dynamic-update-slice: writing one step of a bf16 stacked output
   converts the whole ``[T, ...]`` buffer to float32 and back, every step (a 128-step layer ran
