@@ -128,17 +128,16 @@ def _input_projection(x, wi, b, wh, feature_major):
   hidden = wh.shape[0]
   acc = _compute_dtype(x.dtype)
   dot = functools.partial(jnp.matmul, preferred_element_type=acc)
-  if feature_major and cpu_half_precision(x, wi):
-    # XLA:CPU computes a 16-bit dot of written-out transposes in float32 (the transposing
-    # copies convert their operands too): 17 against 9 ms for [2048, 512] x [512, 4096].
-    # x W_i runs in bf16, and its float32 result is transposed instead.
-    gates_in = jnp.swapaxes(dot(x, wi) + b.astype(acc), 1, 2)           # [T, G, B]
-    wh_t = _barrier(wh.T)                                               # [G, H]
-    return gates_in, (lambda h: dot(wh_t, h)), 0, (hidden, batch)
   if feature_major:
-    x_t = _barrier(x.reshape(steps * batch, -1).T)                      # [D, T*B]
-    gates_in = _barrier(dot(_barrier(wi.T), x_t) + b[:, None].astype(acc))  # [G, T*B]
-    gates_in = jnp.swapaxes(gates_in.reshape(-1, steps, batch), 0, 1)  # [T, G, B]
+    if cpu_half_precision(x, wi):
+      # XLA:CPU computes a 16-bit dot of written-out transposes in float32 (the transposing
+      # copies convert their operands too): 17 against 9 ms for [2048, 512] x [512, 4096].
+      # x W_i runs in bf16, and its float32 result is transposed instead.
+      gates_in = jnp.swapaxes(dot(x, wi) + b.astype(acc), 1, 2)         # [T, G, B]
+    else:
+      x_t = _barrier(x.reshape(steps * batch, -1).T)                    # [D, T*B]
+      gates_in = _barrier(dot(_barrier(wi.T), x_t) + b[:, None].astype(acc))  # [G, T*B]
+      gates_in = jnp.swapaxes(gates_in.reshape(-1, steps, batch), 0, 1)  # [T, G, B]
     wh_t = _barrier(wh.T)                                               # [G, H]
     return gates_in, (lambda h: dot(wh_t, h)), 0, (hidden, batch)
   gates_in = dot(x, wi) + b.astype(acc)                                 # [T, B, G]
