@@ -63,3 +63,14 @@ def compiled_dots(hlo_text: str) -> list[tuple[str, str, str, tuple[int, ...]]]:
       shape = tuple(int(d) for d in m.group(2).split(',') if d)
       found.append((types.get(m.group(3)), types.get(m.group(4)), m.group(1), shape))
   return found
+
+
+def compiled_dot_contractions(hlo_text: str) -> dict[tuple[int, ...], list[tuple[str, str]]]:
+  """Result shape -> ``(lhs contracting dims, rhs contracting dims)`` of each dot in a compiled
+  module's text, e.g. ``('1', '0')`` for a plain ``[M, K] x [K, N]`` dot."""
+  found = {}
+  for m in re.finditer(r'= \w+\[([\d,]*)\]\S* dot\([^)]*\), lhs_contracting_dims=\{([\d,]*)\}, '
+                       r'rhs_contracting_dims=\{([\d,]*)\}', hlo_text):
+    shape = tuple(int(d) for d in m.group(1).split(',') if d)
+    found.setdefault(shape, []).append((m.group(2), m.group(3)))
+  return found

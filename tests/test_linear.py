@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from jax import lax
 
-from models.linear import flat_dot_general, over_rows
+from models import linear
+from models.linear import cpu_matmul, flat_dot_general, over_rows
 from models.transformer import TransformerLM
-from tests.helpers import compiled_dots
+from tests.helpers import compiled_dot_contractions, compiled_dots
 from train.benchmark import sub_jaxprs
 
 
@@ -83,6 +84,44 @@ def test_transformer_lm_gradients_contract_one_axis_per_dot():
   # Every Dense, the tied output embedding and their gradients: one contracting axis each.
   # (Attention's batched dots also contract one axis.)
   assert dims and all(d == (1, 1) for d in dims), dims
+
+
+@pytest.mark.parametrize('m,k,n', [(64, 8, 32), (64, 32, 4)])  # x^T, then dy^T written out
+def test_cpu_matmul_values_and_gradients_equal_the_plain_dot(m, k, n):
+  x = jax.random.normal(jax.random.key(0), (m, k))
+  w = jax.random.normal(jax.random.key(1), (k, n))
+  dy = jax.random.normal(jax.random.key(2), (m, n))
+  y, pull = jax.vjp(cpu_matmul, x, w)
+  y_ref, pull_ref = jax.vjp(lambda x, w: x @ w, x, w)
+  np.testing.assert_array_equal(y, y_ref)
+  for got, want in zip(pull(dy), pull_ref(dy)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # The closed form of the weight gradient, in float64.
+  np.testing.assert_allclose(pull(dy)[1], np.asarray(x, np.float64).T @ np.asarray(dy, np.float64),
+                             rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize('rows,features', [(40, 16), (40, 96)])
+def test_float32_dense_weight_gradient_compiles_to_a_plain_dot_on_cpu(monkeypatch, rows, features):
+  """As autodiff writes it, ``x^T dy`` contracts the left operand's first dimension, a form
+  only Eigen runs on XLA:CPU. ``cpu_matmul`` writes a transpose out first, so the compiled
+  weight-gradient dot is a plain ``[M, K] x [K, N]`` one (``[K, N]`` when ``x^T`` is the
+  cheaper copy, ``[N, K]`` when ``dy^T`` is); with the plain dot's autodiff it is not."""
+  if jax.default_backend() != 'cpu':
+    pytest.skip('an XLA:CPU compilation')
+  dense = nn.Dense(24, dot_general=flat_dot_general)
+  x = jax.random.normal(jax.random.key(0), (3, rows, features))
+  params = dense.init(jax.random.key(1), x)
+  loss = lambda p, x: jnp.sum(jnp.sin(dense.apply(p, x)))
+
+  def weight_gradient_dots():
+    text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x).compile().as_text()
+    dots = compiled_dot_contractions(text)
+    return dots.get((features, 24), []) + dots.get((24, features), [])
+
+  assert weight_gradient_dots() == [('1', '0')]
+  monkeypatch.setattr(linear, 'cpu_float32', lambda *a: False)
+  assert weight_gradient_dots() == [('0', '0')]
 
 
 def test_embed_gathers_float32_rows_then_casts():
