@@ -11,7 +11,14 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Start JAX's backend now, with the eight devices. A test that edits XLA_FLAGS (to check how
+# train/compile_options.py reads it) and then compiles would otherwise start it without the
+# flag if it ran first in a pytest-xdist worker, leaving that worker one device, and every
+# sharding test it ran later failed with "needs 8 devices, but 1 are available".
+jax.devices()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get('JAXLAB_SHARED_DATA', REPO.parent / 'shared' / 'data'))
