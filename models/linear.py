@@ -93,7 +93,7 @@ def _cpu_matmul_bwd(res, dy):
     dw = lax.optimization_barrier(x.T) @ dy
   else:
     dw = lax.optimization_barrier(lax.optimization_barrier(dy.T) @ x).T
-  return lax.dot_general(dy, w, (((1,), (1,)), ((), ()))), dw
+  return _matmul_f32(dy, w, dy.dtype, rhs_contract=1), dw
 
 
 cpu_matmul.defvjp(_cpu_matmul_fwd, _cpu_matmul_bwd)
